@@ -1,0 +1,272 @@
+"""EditableLLM: a causal LM + a persistent edit memory + an editing strategy, behind one small API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from pydantic import BaseModel, Field
+
+from editmem.facts import Fact, FactStatus, LedgerEntry, StoredFact, parse_fact
+from editmem.memory.store import AddResult, EditMemory
+from editmem.models import DEFAULT_MODEL, LoadedModel, load_model
+from editmem.strategies import EditTrace, Strategy, get_strategy
+from editmem.tokens import pad_batch
+
+Message = dict[str, str]
+PromptInput = Union[str, Sequence[Message]]
+
+
+class Generation(BaseModel):
+    """One generated answer and where it came from."""
+
+    prompt: str
+    """The text actually fed to the model (chat template and stated facts included)."""
+    text: str
+    """The generated continuation only."""
+    trace: EditTrace | None = None
+    """Which stored facts fired for this answer (None when the strategy has nothing to say)."""
+
+
+class EditReport(BaseModel):
+    """Outcome of :meth:`EditableLLM.edit`."""
+
+    added: list[str] = Field(default_factory=list)
+    duplicates: list[str] = Field(default_factory=list)
+    superseded: dict[str, str] = Field(default_factory=dict)
+    """old fact id -> new fact id"""
+
+    def __len__(self) -> int:
+        return len(self.added)
+
+
+class Explanation(BaseModel):
+    """Answer with and without the edits, and the stored facts behind the difference."""
+
+    prompt: str
+    answer: str
+    base_answer: str
+    trace: EditTrace
+    facts: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class EditableLLM:
+    """A language model whose knowledge is kept current by editing.
+
+    >>> llm = EditableLLM.open("./store", model="smollm2-135m-instruct", strategy="context")
+    >>> llm.edit([{"subject": "Twitter", "prompt": "Twitter is owned by", "target": "X Corp."}])
+    >>> llm.generate("Who owns Twitter?")
+
+    Open with :meth:`open`: it creates the store or reopens it, restoring every active edit from the stored
+    artifacts without recomputation (facts with no artifact are applied, artifacts with no active fact dropped).
+    """
+
+    def __init__(self, loaded: LoadedModel, memory: EditMemory, strategy: Strategy, *, chat: bool | None = None):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.memory = memory
+        self.strategy = strategy
+        self.chat = loaded.is_chat if chat is None else chat
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        store_dir: str | Path,
+        *,
+        model: str | LoadedModel = DEFAULT_MODEL,
+        strategy: str | None = None,
+        device: str = "auto",
+        chat: bool | None = None,
+        actor: str = "sdk",
+        **config: Any,
+    ) -> "EditableLLM":
+        """Create or reopen the store at ``store_dir``.
+
+        ``strategy`` defaults to the one the store was built with (``context`` for a new store); ``config`` overrides
+        that strategy's config fields (unknown names raise ``TypeError``).
+        """
+        memory = EditMemory(store_dir)
+        loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device)
+        meta = memory.read_meta() or {}
+        name = strategy or meta.get("strategy") or "context"
+        memory.check_model(model_name=loaded.name, fingerprint=loaded.fingerprint, strategy=name)
+        config_cls, strategy_cls = get_strategy(name)
+        artifacts = memory.artifacts(name)
+        stored_config = None
+        if (artifacts.root / "strategy_config.json").is_file():
+            try:
+                stored_config = config_cls.from_pretrained(artifacts.root)
+            except (TypeError, ValueError):
+                stored_config = None
+        strategy_config = stored_config.replace(**config) if stored_config is not None else config_cls(**config)
+        instance = strategy_cls(loaded.model, loaded.tokenizer, strategy_config, artifacts, memory)
+        llm = cls(loaded, memory, instance, chat=chat)
+        llm._restore(actor=actor)
+        return llm
+
+    def _restore(self, *, actor: str) -> None:
+        restored = self.strategy.load()
+        active = self.memory.list(status=FactStatus.active)
+        active_ids = {s.id for s in active}
+        if restored is None:
+            self.strategy.artifacts.clear()
+            restored = set()
+        stale = sorted(restored - active_ids)
+        if stale:
+            self.strategy.remove(stale, active=[s for s in active if s.id in restored])
+        missing = [s for s in active if s.id not in restored]
+        if missing:
+            self._apply_in_batches(missing)
+        self.strategy.attach()
+        if stale or missing or not restored:
+            self.strategy.save()
+
+    def _apply_in_batches(self, facts: Sequence[StoredFact], batch_size: int | None = None) -> None:
+        size = batch_size or self.strategy.config.batch_size
+        for i in range(0, len(facts), size):
+            self.strategy.apply(facts[i : i + size])
+
+    # -- edits ---------------------------------------------------------------------------------
+    def edit(
+        self,
+        facts: Fact | dict[str, Any] | Iterable[Fact | dict[str, Any]],
+        *,
+        actor: str = "sdk",
+        batch_size: int | None = None,
+    ) -> EditReport:
+        """Store and apply facts. All records are validated first: one bad record raises
+        :class:`~editmem.facts.FactValidationError` (naming its index and field) and nothing is stored."""
+        if isinstance(facts, (Fact, dict)):
+            facts = [facts]
+        parsed = [parse_fact(f, record=f"fact[{i}]") for i, f in enumerate(facts)]
+        report = EditReport()
+        new: list[StoredFact] = []
+        for fact in parsed:
+            result: AddResult = self.memory.add(fact, actor=actor)
+            if result.status == "duplicate":
+                report.duplicates.append(result.stored.id)
+                continue
+            if result.replaced is not None:
+                report.superseded[result.replaced.id] = result.stored.id
+                if result.replaced.id in self.strategy.applied_ids():
+                    self.strategy.remove([result.replaced.id], active=self._active_except([result.stored.id]))
+                new = [s for s in new if s.id != result.replaced.id]
+            report.added.append(result.stored.id)
+            new.append(result.stored)
+        if new:
+            self._apply_in_batches(new, batch_size)
+        if new or report.superseded:
+            self.strategy.save()
+        return report
+
+    def _active_except(self, ids: Sequence[str]) -> list[StoredFact]:
+        skip = set(ids)
+        return [s for s in self.memory.list(status=FactStatus.active) if s.id not in skip]
+
+    def forget(self, fact_ids: str | Sequence[str], *, actor: str = "sdk", reason: str | None = None) -> list[StoredFact]:
+        """Retract facts: the ledger keeps them (marked retracted) and their edits are removed from the model."""
+        if isinstance(fact_ids, str):
+            fact_ids = [fact_ids]
+        ids = [self.memory.resolve_id(i) if len(i) < 24 else i for i in fact_ids]
+        for fact_id in ids:
+            self.memory.get(fact_id)  # raises FactNotFoundError before anything changes
+        retracted = [self.memory.retract(i, actor=actor, reason=reason) for i in ids]
+        applied = [i for i in ids if i in self.strategy.applied_ids()]
+        if applied:
+            self.strategy.remove(applied, active=self.memory.list(status=FactStatus.active))
+            self.strategy.save()
+        return retracted
+
+    def facts(self, **filters: Any) -> list[StoredFact]:
+        """Stored facts (see :meth:`EditMemory.list`: ``status``, ``subject``, ``where``, ``limit``)."""
+        return self.memory.list(**filters)
+
+    def history(self, subject: str) -> list[LedgerEntry]:
+        return self.memory.history(subject)
+
+    # -- inference -----------------------------------------------------------------------------
+    def prepare_prompt(self, prompt: PromptInput, *, chat: bool | None = None) -> tuple[str, EditTrace | None]:
+        """The exact text fed to the model: stated facts (in-context strategies) and the chat template applied."""
+        use_chat = self.chat if chat is None else chat
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+        query = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), messages[-1]["content"])
+        context, trace = self.strategy.retrieve_context(query)
+        if use_chat:
+            if context:
+                if messages[0].get("role") == "system":
+                    messages[0]["content"] = f"{messages[0]['content']}\n\n{context}"
+                else:
+                    messages.insert(0, {"role": "system", "content": context})
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return text, trace
+        if not isinstance(prompt, str):
+            raise ValueError("chat=False needs a plain string prompt")
+        return (f"{context}\n{prompt}" if context else prompt), trace
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: PromptInput | Sequence[PromptInput],
+        *,
+        max_new_tokens: int = 32,
+        chat: bool | None = None,
+        **generate_kwargs: Any,
+    ) -> Generation | list[Generation]:
+        """Greedy (by default) generation for one prompt (str or chat messages) or a list of them (batched)."""
+        single = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], dict))
+        prompts = [prompt] if single else list(prompt)
+        prepared = [self.prepare_prompt(p, chat=chat) for p in prompts]
+        texts = [p for p, _ in prepared]
+        use_chat = self.chat if chat is None else chat
+        ids = [self.tokenizer(t, add_special_tokens=not use_chat)["input_ids"] for t in texts]
+        input_ids, attention_mask = pad_batch(ids, self.tokenizer.pad_token_id, side="left")
+        generate_kwargs.setdefault("do_sample", False)
+        if not generate_kwargs["do_sample"]:
+            generate_kwargs.update(temperature=None, top_p=None, top_k=None)
+        self.strategy.begin_forward()
+        out = self.model.generate(
+            input_ids=input_ids.to(self.loaded.device),
+            attention_mask=attention_mask.to(self.loaded.device),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **generate_kwargs,
+        )
+        row_traces = self.strategy.last_traces
+        results = []
+        for row, (text, context_trace) in enumerate(prepared):
+            new_tokens = out[row, input_ids.shape[1] :]
+            answer = self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+            trace = context_trace if context_trace is not None else (row_traces[row] if row < len(row_traces) else None)
+            results.append(Generation(prompt=text, text=answer, trace=trace))
+        return results[0] if single else results
+
+    def explain(self, prompt: PromptInput, *, max_new_tokens: int = 32) -> Explanation:
+        """The answer with and without edits, and which stored facts influenced it (with scores)."""
+        query = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+        edited = self.generate(prompt, max_new_tokens=max_new_tokens)
+        with self.strategy.disabled():
+            base = self.generate(prompt, max_new_tokens=max_new_tokens)
+        trace = self.strategy.explain(query)
+        facts = []
+        for fact_id in trace.fact_ids:
+            stored = self.memory.get(fact_id)
+            facts.append({"id": fact_id, "prompt": stored.fact.prompt, "target": stored.fact.target,
+                          "score": trace.scores.get(fact_id), "source": stored.fact.provenance.source,
+                          "feed": stored.fact.provenance.feed})
+        return Explanation(prompt=query, answer=edited.text, base_answer=base.text, trace=trace, facts=facts)
+
+    def close(self) -> None:
+        self.strategy.detach()
+
+    def __enter__(self) -> "EditableLLM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EditableLLM(model={self.loaded.name!r}, strategy={self.strategy.name!r}, store={str(self.memory.path)!r}, active={self.memory.count()})"

@@ -1,0 +1,202 @@
+"""Facts, provenance and ledger records: the data that crosses every boundary of editmem.
+
+A :class:`Fact` is one edit request ("``prompt`` should now be answered with ``target``") plus where it
+came from. Its id is a content hash of ``subject``/``prompt``/``target``, so importing the same fact twice
+is a no-op, and a fact with the same subject and prompt but another target *supersedes* the old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _norm(text: str) -> str:
+    """Whitespace- and Unicode-normalised text used for ids and slot keys (case is kept)."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def fact_id_for(subject: str, prompt: str, target: str) -> str:
+    """Content hash of a fact: the same subject/prompt/target always gives the same id."""
+    payload = "\x1f".join(_norm(x) for x in (subject, prompt, target))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]
+
+
+def slot_key_for(subject: str, prompt: str) -> str:
+    """Key of the "slot" a fact fills: facts sharing it supersede each other."""
+    payload = "\x1f".join(_norm(x).casefold() for x in (subject, prompt))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]
+
+
+class FactStatus(str, Enum):
+    active = "active"
+    superseded = "superseded"
+    retracted = "retracted"
+
+
+class Provenance(BaseModel):
+    """Where a fact came from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = "sdk"
+    """Kind of source: ``sdk``, ``cli``, ``feed``, ``eval`` or free text such as a system name."""
+    source_uri: str | None = None
+    """URI of the document or record the fact was taken from."""
+    feed: str | None = None
+    """Name of the feed (file) it was imported from."""
+    author: str | None = None
+    """Who asserted it (a person, a team, a pipeline)."""
+    ingested_at: datetime = Field(default_factory=utcnow)
+    """When editmem first saw it (UTC)."""
+    confidence: float = 1.0
+    """Confidence in [0, 1] given by the source."""
+
+    @field_validator("confidence")
+    @classmethod
+    def _confidence_in_range(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"must be between 0 and 1, got {value}")
+        return value
+
+
+class Fact(BaseModel):
+    """One fact edit.
+
+    ``prompt`` is a question or a cloze sentence that must contain ``subject`` verbatim (locate-then-edit and
+    layer-level-prompt strategies find the subject's last token in it); ``target`` is the new answer, without a
+    leading space.
+    """
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    subject: str = Field(min_length=1)
+    prompt: str = Field(min_length=1)
+    target: str = Field(min_length=1)
+    rephrases: list[str] = Field(default_factory=list)
+    """Paraphrases of ``prompt`` (evaluation, and strategies that train on them)."""
+    locality_prompts: list[str] = Field(default_factory=list)
+    """Unrelated prompts whose answers must not change."""
+    relation: str | None = None
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+    tags: list[str] = Field(default_factory=list)
+    namespace: str = "default"
+    """Scope for retrieval-gated strategies; parametric strategies (lyaplock) edit globally."""
+    provenance: Provenance = Field(default_factory=Provenance)
+
+    @field_validator("subject", "prompt", "target")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _no_leading_space(cls, value: str) -> str:
+        # Strategies insert exactly one space between prompt and target; a stored leading space would double it.
+        return value.lstrip()
+
+    @model_validator(mode="after")
+    def _subject_in_prompt(self) -> "Fact":
+        if self.subject not in self.prompt:
+            raise ValueError(f"subject {self.subject!r} must occur verbatim in prompt {self.prompt!r}")
+        if self.valid_from and self.valid_to and self.valid_to < self.valid_from:
+            raise ValueError("valid_to is before valid_from")
+        return self
+
+    @property
+    def id(self) -> str:
+        return fact_id_for(self.subject, self.prompt, self.target)
+
+    @property
+    def slot(self) -> str:
+        return slot_key_for(self.subject, self.prompt)
+
+    def content_hash(self) -> str:
+        """Hash of the whole record (provenance excluded), for feeds that re-send a fact with new details."""
+        body = self.model_dump(mode="json", exclude={"provenance"})
+        return hashlib.sha256(repr(sorted(body.items())).encode()).hexdigest()[:24]
+
+    def document(self) -> str:
+        """Text embedded for semantic search."""
+        return f"{self.prompt} {self.target}"
+
+
+class StoredFact(BaseModel):
+    """A fact as the memory holds it: the fact plus its lifecycle state."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fact: Fact
+    id: str
+    status: FactStatus = FactStatus.active
+    version: int = 1
+    """1 for the first fact in its slot, 2 for the one that superseded it, ..."""
+    supersedes: str | None = None
+    superseded_by: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    retracted_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status is FactStatus.active
+
+
+LedgerAction = Literal["add", "supersede", "retract", "reapply"]
+
+
+class LedgerEntry(BaseModel):
+    """One append-only line of the edit ledger."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seq: int
+    at: datetime = Field(default_factory=utcnow)
+    action: LedgerAction
+    fact_id: str
+    actor: str = "sdk"
+    subject: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class FactValidationError(ValueError):
+    """A record could not be turned into a :class:`Fact`. Names the record and the offending field(s)."""
+
+    def __init__(self, record: str, errors: list[tuple[str, str, Any]]):
+        self.record = record
+        self.errors = errors  # (field, message, value)
+        parts = "; ".join(f"field {field!r}: {msg} (got {value!r})" for field, msg, value in errors)
+        super().__init__(f"{record}: {parts}")
+
+
+def parse_fact(data: dict[str, Any] | Fact, *, record: str = "record", provenance: dict[str, Any] | None = None) -> Fact:
+    """Validate ``data`` into a :class:`Fact`, raising :class:`FactValidationError` naming ``record`` and fields.
+
+    ``provenance`` supplies defaults (for instance the feed name) that the record's own provenance overrides.
+    """
+    if isinstance(data, Fact):
+        return data
+    if not isinstance(data, dict):
+        raise FactValidationError(record, [("<record>", "must be an object", data)])
+    payload = dict(data)
+    if provenance:
+        payload["provenance"] = {**provenance, **(payload.get("provenance") or {})}
+    try:
+        return Fact.model_validate(payload)
+    except ValidationError as exc:
+        errors = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "<record>"
+            errors.append((field, err["msg"], err.get("input")))
+        raise FactValidationError(record, errors) from None

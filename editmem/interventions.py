@@ -1,0 +1,108 @@
+"""Explicit intervention hooks on named modules (pyvene/nnsight style), in one place.
+
+Strategies never call ``register_forward_hook`` themselves: they build a :class:`HookSet` (attach,
+detach as one unit) or use :func:`capture` to read activations for one forward pass. Hidden states are
+addressed through the adapter's anchors, e.g. ``adapter.module("layer", 12)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+OutputHook = Callable[[nn.Module, tuple, Any], Any]
+InputHook = Callable[[nn.Module, tuple, dict], Any]
+
+
+def hidden_of(output: Any) -> torch.Tensor:
+    """The hidden-state tensor of a module output (decoder layers return a tensor or a tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def replace_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    """``output`` with its hidden-state tensor replaced, keeping the rest of a tuple output."""
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+class HookSet:
+    """A named group of hooks attached and detached together.
+
+    >>> hooks = HookSet("llp")
+    >>> hooks.add_output_hook(adapter.module("layer", 12), retrieve)
+    >>> hooks.add_input_hook(adapter.module("layer", 20), inject)
+    >>> hooks.remove()                       # the model is exactly the base model again
+    """
+
+    def __init__(self, name: str = "hooks"):
+        self.name = name
+        self._handles: list[RemovableHandle] = []
+
+    def add_output_hook(self, module: nn.Module, fn: OutputHook) -> RemovableHandle:
+        """``fn(module, args, output)``; a non-None return value replaces the output."""
+        handle = module.register_forward_hook(fn)
+        self._handles.append(handle)
+        return handle
+
+    def add_input_hook(self, module: nn.Module, fn: InputHook) -> RemovableHandle:
+        """``fn(module, args, kwargs)``; may return ``(args, kwargs)`` to replace the inputs."""
+        handle = module.register_forward_pre_hook(fn, with_kwargs=True)
+        self._handles.append(handle)
+        return handle
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def __enter__(self) -> "HookSet":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+@contextmanager
+def capture(modules: dict[str, nn.Module], *, what: str = "output", detach: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the hidden-state output (or first positional/``hidden_states`` input) of each named module.
+
+    >>> with capture({"l3": adapter.module("mlp_out", 3)}, what="input") as seen:
+    ...     model(**batch)
+    >>> keys = seen["l3"]                     # [batch, seq, intermediate]
+    """
+    if what not in ("output", "input"):
+        raise ValueError("what must be 'output' or 'input'")
+    seen: dict[str, torch.Tensor] = {}
+    with HookSet("capture") as hooks:
+        for name, module in modules.items():
+            if what == "output":
+
+                def _out(_m, _args, output, _name=name):
+                    tensor = hidden_of(output)
+                    seen[_name] = tensor.detach() if detach else tensor
+
+                hooks.add_output_hook(module, _out)
+            else:
+
+                def _in(_m, args, kwargs, _name=name):
+                    tensor = args[0] if args else kwargs.get("hidden_states", next(iter(kwargs.values())))
+                    seen[_name] = tensor.detach() if detach else tensor
+
+                hooks.add_input_hook(module, _in)
+        yield seen
+
+
+def is_prefill(hidden: torch.Tensor, kwargs: dict | None = None) -> bool:
+    """True on the first forward of a generation (the prompt), False on single-token decode steps."""
+    if kwargs:
+        cache_position = kwargs.get("cache_position")
+        if cache_position is not None and cache_position.numel() > 0:
+            return int(cache_position[0]) == 0
+    return hidden.shape[1] > 1

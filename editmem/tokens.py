@@ -1,0 +1,81 @@
+"""Token bookkeeping shared by strategies and metrics: the one place that knows where an answer starts.
+
+Every strategy that trains on ``prompt -> target`` and every teacher-forced metric uses
+:func:`encode_prompt_target`, so the prompt/target boundary is computed identically everywhere
+(EVALUATION.md §3: ``s = p + " " + y``, boundary from the joint tokenisation, never from pad counting).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class PromptTarget:
+    """Token ids of ``prompt + " " + target`` and where the target starts.
+
+    ``input_ids[start:]`` are the target tokens; the logit at position ``t-1`` predicts token ``t``.
+    ``mismatch`` is True when the prompt's own tokens were not a prefix of the joint tokenisation and the
+    ids were built by concatenation instead (counted by the evaluation harness).
+    """
+
+    input_ids: list[int]
+    start: int
+    mismatch: bool = False
+
+    @property
+    def target_ids(self) -> list[int]:
+        return self.input_ids[self.start :]
+
+
+def encode_prompt_target(tokenizer, prompt: str, target: str) -> PromptTarget:
+    """Tokenise ``prompt + " " + target`` with the tokenizer's default special tokens."""
+    joint = tokenizer(prompt + " " + target)["input_ids"]
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    n_p = len(prompt_ids)
+    if joint[:n_p] == prompt_ids and len(joint) > n_p:
+        return PromptTarget(list(joint), n_p)
+    tail = tokenizer(" " + target, add_special_tokens=False)["input_ids"]
+    return PromptTarget(list(prompt_ids) + list(tail), n_p, mismatch=True)
+
+
+def subject_last_token_index(tokenizer, text: str, subject: str) -> int:
+    """Index of the last token of the (first occurrence of) ``subject`` in ``tokenizer(text)``.
+
+    Uses character offsets, so it is exact for any tokenizer that provides them (all fast tokenizers); falls
+    back to MEMIT's rule ``len(tokenize(text_before_subject + subject)) - 1`` otherwise.
+    """
+    pos = text.find(subject)
+    if pos < 0:
+        raise ValueError(f"subject {subject!r} not found in {text!r}")
+    end = pos + len(subject)
+    try:
+        enc = tokenizer(text, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+    except (NotImplementedError, TypeError, KeyError):
+        offsets = None
+    if offsets:
+        last = None
+        for i, (a, b) in enumerate(offsets):
+            if b > a and a < end and b > pos:
+                last = i
+        if last is not None:
+            return last
+    return len(tokenizer(text[:end])["input_ids"]) - 1
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int, *, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad id lists into ``(input_ids, attention_mask)``; ``side`` is ``left`` (generation) or ``right``."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if side == "left":
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+        else:
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+    return ids, mask
