@@ -102,7 +102,7 @@ class EditableLLM:
                 stored_config = config_cls.from_pretrained(artifacts.root)
             except (TypeError, ValueError):
                 stored_config = None
-        strategy_config = stored_config.replace(**config) if stored_config is not None else config_cls(**config)
+        strategy_config = stored_config.replace(**config) if stored_config is not None else config_cls.from_dict(config)
         instance = strategy_cls(loaded.model, loaded.tokenizer, strategy_config, artifacts, memory)
         llm = cls(loaded, memory, instance, chat=chat)
         llm._restore(actor=actor)
@@ -192,20 +192,16 @@ class EditableLLM:
     def prepare_prompt(self, prompt: PromptInput, *, chat: bool | None = None) -> tuple[str, EditTrace | None]:
         """The exact text fed to the model: stated facts (in-context strategies) and the chat template applied."""
         use_chat = self.chat if chat is None else chat
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
-        query = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), messages[-1]["content"])
-        context, trace = self.strategy.retrieve_context(query)
-        if use_chat:
-            if context:
-                if messages[0].get("role") == "system":
-                    messages[0]["content"] = f"{messages[0]['content']}\n\n{context}"
-                else:
-                    messages.insert(0, {"role": "system", "content": context})
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return text, trace
-        if not isinstance(prompt, str):
+        if not use_chat and not isinstance(prompt, str):
             raise ValueError("chat=False needs a plain string prompt")
-        return (f"{context}\n{prompt}" if context else prompt), trace
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+        last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=len(messages) - 1)
+        rewritten, trace = self.strategy.rewrite_query(messages[last_user]["content"])
+        if rewritten is not None:
+            messages[last_user]["content"] = rewritten
+        if use_chat:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), trace
+        return messages[last_user]["content"], trace
 
     @torch.no_grad()
     def generate(

@@ -15,7 +15,7 @@ method                 required  what it does
 ``state_dict()``       yes       tensors + JSON-able state that restore the strategy without recompute
 ``load_state_dict()``  yes       inverse of ``state_dict``; returns the fact ids it restored
 ``attach()/detach()``  no        install / remove hooks or weight deltas (detach = base model, bit for bit)
-``retrieve_context()`` no        text to put in front of a query (in-context strategies only)
+``rewrite_query()``    no        the query restated with retrieved facts (in-context strategies only)
 ``explain(prompt)``    no        which stored facts influence an answer to ``prompt``, with scores
 =====================  ========  ===============================================================
 """
@@ -224,8 +224,11 @@ class Strategy(ABC):
             if was:
                 self.attach()
 
-    def retrieve_context(self, query: str) -> tuple[str | None, EditTrace | None]:
-        """Text to state before ``query`` (in-context strategies); None for strategies acting inside the model."""
+    def rewrite_query(self, query: str) -> tuple[str | None, EditTrace | None]:
+        """``query`` restated with the facts it needs (in-context strategies); None when nothing changes.
+
+        Strategies acting inside the model keep the default (no rewrite) and report what fired in ``last_traces``.
+        """
         return None, None
 
     def begin_forward(self) -> None:

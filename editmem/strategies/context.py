@@ -1,8 +1,24 @@
 """``context``: in-context editing, the retrieval-augmented baseline.
 
 Retrieves the active facts most similar to the query from the edit memory (all-MiniLM-L6-v2 cosine
-similarity in Chroma), keeps those above ``min_similarity``, and states them before the query. The model's
-weights and activations are untouched; a query with no hit is exactly the unedited prompt.
+similarity in Chroma), keeps those above ``min_similarity``, and restates the query with them in the user turn.
+The model's weights and activations are untouched; a query with no hit is exactly the unedited prompt.
+
+Defaults measured on the embedded SmolLM2-135M-Instruct with the demo feed (20 facts, each with a paraphrase and
+an unrelated probe about the *same* subject), answer contains target, greedy, 24 tokens:
+
+=============================================  =========  ===========
+format                                         edited     paraphrase
+=============================================  =========  ===========
+system message, bullet list, top-1 / top-3     5 / 7      6 / 8
+system message, Q:/A: pairs, top-1 / top-3     6 / 8      5 / 4
+**user message, facts then question, top-1**   **18**     **13**
+user message, facts then question, top-3       13         10
+=============================================  =========  ===========
+
+The small model follows facts in the user turn and is confused by several facts at once, hence ``top_k=1``.
+Similarity of paraphrases to their stored prompt: min 0.685, median 0.81; of the same-subject unrelated probes to
+the nearest stored prompt: max 0.649, median 0.52; hence ``min_similarity=0.65``.
 """
 
 from __future__ import annotations
@@ -22,20 +38,19 @@ class ContextConfig(StrategyConfig):
     """Config of the ``context`` strategy.
 
     Args:
-        top_k: at most this many facts are stated per query.
-        min_similarity: cosine similarity (all-MiniLM-L6-v2) a fact needs to be stated. 0.5 keeps a question's
-            paraphrases (typically >= 0.6 against the stored prompt) and drops unrelated questions (typically
-            < 0.3) in the demo feed and on ZsRE.
-        header: text introducing the facts.
+        top_k: at most this many facts are stated per query (1: see the measurements in the module docstring).
+        min_similarity: cosine similarity (all-MiniLM-L6-v2) a fact needs to be stated (0.65: between the lowest
+            paraphrase and the highest same-subject unrelated probe of the demo feed).
+        template: how the query is restated; ``{facts}`` is one fact per line, ``{query}`` the user's text.
     """
 
-    runtime_fields: ClassVar[frozenset[str]] = frozenset({"batch_size", "top_k", "min_similarity", "header"})
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"batch_size", "top_k", "min_similarity", "template"})
 
-    top_k: int = dataclasses.field(default=3, metadata={"help": "facts stated per query"})
-    min_similarity: float = dataclasses.field(default=0.5, metadata={"help": "cosine threshold for stating a fact"})
-    header: str = dataclasses.field(
-        default="Use these up-to-date facts if they are relevant:",
-        metadata={"help": "line introducing the retrieved facts"},
+    top_k: int = dataclasses.field(default=1, metadata={"help": "facts stated per query"})
+    min_similarity: float = dataclasses.field(default=0.65, metadata={"help": "cosine threshold for stating a fact"})
+    template: str = dataclasses.field(
+        default="Facts (up to date):\n{facts}\n\nUsing the facts above, answer: {query}",
+        metadata={"help": "restated query; {facts} = one fact per line, {query} = the user's text"},
     )
 
     def __post_init__(self) -> None:
@@ -44,6 +59,8 @@ class ContextConfig(StrategyConfig):
             raise ValueError(f"ContextConfig.top_k must be >= 1, got {self.top_k}")
         if not -1.0 <= self.min_similarity <= 1.0:
             raise ValueError(f"ContextConfig.min_similarity must be in [-1, 1], got {self.min_similarity}")
+        if "{facts}" not in self.template or "{query}" not in self.template:
+            raise ValueError("ContextConfig.template must contain {facts} and {query}")
 
 
 class ContextStrategy(Strategy):
@@ -75,15 +92,15 @@ class ContextStrategy(Strategy):
         hits = self.memory.search(query, k=self.config.top_k)
         return [(s, score) for s, score in hits if score >= self.config.min_similarity and s.id in self._applied]
 
-    def retrieve_context(self, query: str) -> tuple[str | None, EditTrace | None]:
+    def rewrite_query(self, query: str) -> tuple[str | None, EditTrace | None]:
         if not self.attached:
             return None, None
         hits = self._hits(query)
         trace = EditTrace(strategy=self.name, fact_ids=[s.id for s, _ in hits], scores={s.id: round(score, 4) for s, score in hits})
         if not hits:
             return None, trace
-        lines = [self.config.header] + [f"- {s.fact.prompt} {s.fact.target}" for s, _ in hits]
-        return "\n".join(lines), trace
+        facts = "\n".join(f"{s.fact.prompt} {s.fact.target}" for s, _ in hits)
+        return self.config.template.format(facts=facts, query=query), trace
 
     def explain(self, prompt: str) -> EditTrace:
         hits = self.memory.search(prompt, k=self.config.top_k)
