@@ -65,3 +65,16 @@ def test_batched_generation_gives_each_row_its_own_trace(tmp_path, tiny_loaded):
     llm.edit(FACT)
     outs = llm.generate(["Who is the CEO of Intel?", "What colour is the sky?"], max_new_tokens=2)
     assert [o.trace.fired for o in outs] == [True, False]
+
+
+def test_deleted_artifacts_are_rebuilt_from_the_memory(tmp_path, tiny_loaded):
+    import shutil
+
+    path = tmp_path / "s"
+    llm = open_llm(path, tiny_loaded)
+    ids = llm.edit(FACT).added
+    llm.close()
+    shutil.rmtree(path / "artifacts")
+    again = EditableLLM.open(path, model=tiny_loaded)
+    assert again.strategy.applied_ids() == set(ids)
+    assert (path / "artifacts" / "context" / "state.json").is_file()
