@@ -35,6 +35,7 @@ from editmem.facts import Fact, FactValidationError, parse_fact
 
 PROVENANCE_COLUMNS = ("source", "source_uri", "author", "confidence")
 LIST_COLUMNS = {"rephrases": "|", "locality_prompts": "|", "tags": ","}
+IMPORT_CHUNK = 64  # facts per llm.edit call (and per artifact save) during an import
 
 
 class RejectedRecord(BaseModel):
@@ -142,9 +143,11 @@ def apply_facts(llm, facts: list[Fact], summary: ImportSummary, *, actor: str = 
     from tqdm.auto import tqdm
 
     size = batch_size or llm.strategy.config.batch_size
+    # The strategy sees ``size`` facts per update; the store is saved once per progress chunk, not per update.
+    chunk_size = max(size, IMPORT_CHUNK)
     with tqdm(total=len(facts), desc=f"import {summary.feed}", unit="fact", disable=not progress) as bar:
-        for i in range(0, len(facts), size):
-            chunk = facts[i : i + size]
+        for i in range(0, len(facts), chunk_size):
+            chunk = facts[i : i + chunk_size]
             report = llm.edit(chunk, actor=actor, batch_size=size)
             summary.added += len(report.added)
             summary.duplicate += len(report.duplicates)
