@@ -1,0 +1,204 @@
+"""Evaluation datasets: ZsRE, CounterFact, hallucination (SelfCheckGPT) and the project's own feeds.
+
+Every record becomes an :class:`EvalRecord`: the :class:`~editmem.facts.Fact` to edit plus the probes the metrics
+need (paraphrase, locality pair, the answer being overwritten). The field mapping follows EVALUATION.md §2:
+
+==============  ===================  ==================  =========================  ===============
+kind            fact (prompt→target)  rephrase            locality (prompt, answer)  true_target
+==============  ===================  ==================  =========================  ===============
+zsre            src → alt             rephrase            loc, loc_ans               answers[0]
+counterfact     prompt → target_new   rephrase_prompt     locality_prompt, _gt       ground_truth
+hallucination   prompt → target_new   —                   locality_prompt, _gt       —
+feed            prompt → target       rephrases[0]        locality_prompts[0], —     —
+==============  ===================  ==================  =========================  ===============
+
+Names (``zsre``, ``counterfact``, ``hallucination``) resolve to the evaluation splits in ``$EDITMEM_DATA_DIR``
+(default ``../shared/data`` next to the repository root). Data files are read in place, never copied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from editmem.facts import Fact, FactValidationError, parse_fact
+
+DatasetKind = Literal["zsre", "counterfact", "hallucination", "feed"]
+
+#: dataset name -> evaluation file in the data folder
+DATASET_FILES: dict[str, str] = {
+    "zsre": "zsre_eval_1000.json",
+    "counterfact": "counterfact_eval_2000.json",
+    "hallucination": "hallucination_eval_600.json",
+}
+
+#: required string fields per benchmark format (extra keys such as ``pred``/``cond`` are ignored)
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "zsre": ("subject", "src", "alt", "rephrase", "loc", "loc_ans"),
+    "counterfact": ("subject", "prompt", "target_new", "ground_truth", "rephrase_prompt", "locality_prompt",
+                    "locality_ground_truth"),
+    "hallucination": ("subject", "prompt", "target_new", "locality_prompt", "locality_ground_truth"),
+}
+
+
+class EvalRecord(BaseModel):
+    """One evaluation case: the fact to edit and the probes measured before and after editing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fact: Fact
+    """The edit request (``fact.prompt`` is the Reliability probe, ``fact.target`` the new answer)."""
+    rephrase: str | None = None
+    """Paraphrase of the prompt (Generality probe); None for hallucination."""
+    loc_prompt: str | None = None
+    """An unrelated prompt whose answer must not change (Locality probe)."""
+    loc_answer: str | None = None
+    """Continuation used as teacher-forcing context for token-level locality (never scored as ground truth)."""
+    true_target: str | None = None
+    """The answer being overwritten (CounterFact ``ground_truth``, ZsRE ``answers[0]``)."""
+    case_id: int | str
+    kind: DatasetKind
+
+
+def repo_root() -> Path:
+    """The folder that holds the ``editmem`` package (the repository root for an editable install)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def data_dir() -> Path:
+    """``$EDITMEM_DATA_DIR``, else ``../shared/data`` relative to the repository root."""
+    env = os.environ.get("EDITMEM_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    return (repo_root() / ".." / "shared" / "data").resolve()
+
+
+def resolve_dataset(name_or_path: str | Path) -> Path:
+    """Map a dataset name to its file in :func:`data_dir`, or return an existing path unchanged.
+
+    Raises ``FileNotFoundError`` naming what was looked for.
+    """
+    text = str(name_or_path)
+    key = text.lower()
+    if key in DATASET_FILES:
+        path = data_dir() / DATASET_FILES[key]
+        if not path.is_file():
+            raise FileNotFoundError(f"dataset {text!r} resolves to {path}, which does not exist (set EDITMEM_DATA_DIR)")
+        return path
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no dataset file {path} (and {text!r} is not one of {sorted(DATASET_FILES)})")
+    return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hash of a data file, recorded in every result for reproducibility."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def detect_kind(record: Any) -> DatasetKind:
+    """Which format a raw record is in, from its keys."""
+    if isinstance(record, dict):
+        keys = set(record)
+        if {"src", "alt", "loc"} <= keys:
+            return "zsre"
+        if {"target_new", "ground_truth"} <= keys:
+            return "counterfact"
+        if {"target_new", "locality_prompt"} <= keys:
+            return "hallucination"
+    return "feed"
+
+
+def _raw_records(path: Path) -> list[tuple[str, Any]]:
+    """``(label, raw record)`` pairs: labels name the record index (and line for JSONL/CSV feeds)."""
+    if path.suffix.lower() in (".jsonl", ".csv"):
+        from editmem.feeds import read_feed
+
+        items = []
+        for index, (line, item) in enumerate(read_feed(path)):
+            label = f"{path.name} record {index} (line {line})"
+            if isinstance(item, Exception):
+                raise FactValidationError(label, [("<record>", str(item), None)])
+            items.append((label, item))
+        return items
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict):  # {"data": [...]} style wrappers
+        data = next((v for v in data.values() if isinstance(v, list)), None)
+    if not isinstance(data, list):
+        raise FactValidationError(path.name, [("<file>", "must be a JSON list of records", type(data).__name__)])
+    return [(f"{path.name} record {index}", item) for index, item in enumerate(data)]
+
+
+def _check_fields(label: str, raw: Any, kind: str) -> None:
+    if not isinstance(raw, dict):
+        raise FactValidationError(label, [("<record>", "must be an object", raw)])
+    errors = []
+    for field in _REQUIRED[kind]:
+        value = raw.get(field)
+        if value is None:
+            errors.append((field, "field required", None))
+        elif not isinstance(value, str) or not value.strip():
+            errors.append((field, "must be a non-empty string", value))
+    if kind == "zsre" and raw.get("answers") is not None:
+        answers = raw["answers"]
+        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+            errors.append(("answers", "must be a list of strings", answers))
+    if errors:
+        raise FactValidationError(label, errors)
+
+
+def _to_record(label: str, raw: Any, kind: DatasetKind, index: int, provenance: dict[str, Any]) -> EvalRecord:
+    if kind == "feed":
+        fact = parse_fact(raw, record=label, provenance={**provenance, "source": "eval"})
+        return EvalRecord(
+            fact=fact,
+            rephrase=fact.rephrases[0] if fact.rephrases else None,
+            loc_prompt=fact.locality_prompts[0] if fact.locality_prompts else None,
+            case_id=index,
+            kind="feed",
+        )
+    _check_fields(label, raw, kind)
+    case_id = raw.get("case_id", index)
+    prov = {**provenance, "source_uri": f"{provenance['feed']}#{case_id}"}
+    if kind == "zsre":
+        fact_data = {"subject": raw["subject"], "prompt": raw["src"], "target": raw["alt"],
+                     "rephrases": [raw["rephrase"]], "locality_prompts": [raw["loc"]]}
+        answers = raw.get("answers") or []
+        extra = {"rephrase": raw["rephrase"], "loc_prompt": raw["loc"], "loc_answer": raw["loc_ans"],
+                 "true_target": answers[0] if answers else None}
+    else:
+        fact_data = {"subject": raw["subject"], "prompt": raw["prompt"], "target": raw["target_new"],
+                     "locality_prompts": [raw["locality_prompt"]]}
+        extra = {"loc_prompt": raw["locality_prompt"], "loc_answer": raw["locality_ground_truth"]}
+        if kind == "counterfact":
+            fact_data["rephrases"] = [raw["rephrase_prompt"]]
+            extra.update(rephrase=raw["rephrase_prompt"], true_target=raw["ground_truth"])
+    fact = parse_fact(fact_data, record=label, provenance=prov)
+    return EvalRecord(fact=fact, case_id=case_id, kind=kind, **extra)
+
+
+def load_records(name_or_path: str | Path, n: int | None = None) -> list[EvalRecord]:
+    """The first ``n`` records (all when None) of a dataset, in file order, as :class:`EvalRecord`.
+
+    The format is detected from the first record's keys; every record must have the same format. A malformed
+    record raises :class:`~editmem.facts.FactValidationError` naming the record index and the field.
+    """
+    if n is not None and n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    path = resolve_dataset(name_or_path)
+    raw_items = _raw_records(path)
+    if not raw_items:
+        raise FactValidationError(path.name, [("<file>", "contains no records", None)])
+    kind = detect_kind(raw_items[0][1])
+    provenance = {"source": "eval", "feed": path.name}
+    selected = raw_items if n is None else raw_items[:n]
+    return [_to_record(label, raw, kind, index, provenance) for index, (label, raw) in enumerate(selected)]
