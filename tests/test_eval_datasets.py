@@ -115,3 +115,17 @@ def test_shared_datasets_load(name, kind, monkeypatch):
     assert all(r.loc_prompt and r.loc_answer for r in records)
     assert all((r.rephrase is None) == (kind == "hallucination") for r in records)
     assert detect_kind(json.loads((folder / resolve_dataset(name).name).read_text())[0]) == kind
+
+
+def test_empty_locality_probe_drops_the_probe_not_the_record(tmp_path):
+    import json
+
+    from editmem.eval.datasets import load_records
+
+    rows = [{"subject": "x", "prompt": "About x: a passage.", "target_new": "True sentence.",
+             "locality_prompt": "Some text", "locality_ground_truth": ans} for ans in ("more text", "")]
+    path = tmp_path / "hallu.json"
+    path.write_text(json.dumps(rows))
+    first, second = load_records(path)
+    assert (first.loc_prompt, first.loc_answer) == ("Some text", "more text")
+    assert second.loc_answer is None and second.fact.target == "True sentence."

@@ -46,6 +46,15 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 }
 
 
+#: locality fields are probes, not the edit: an empty one drops that probe for the record (hallucination_eval_600
+#: record 86 has an empty locality_ground_truth) instead of rejecting the record; its edit is still evaluated
+_PROBE_FIELDS = frozenset({"loc", "loc_ans", "locality_prompt", "locality_ground_truth"})
+
+
+def _probe(value: str) -> str | None:
+    return value if value.strip() else None
+
+
 class EvalRecord(BaseModel):
     """One evaluation case: the fact to edit and the probes measured before and after editing."""
 
@@ -146,7 +155,9 @@ def _check_fields(label: str, raw: Any, kind: str) -> None:
         value = raw.get(field)
         if value is None:
             errors.append((field, "field required", None))
-        elif not isinstance(value, str) or not value.strip():
+        elif not isinstance(value, str):
+            errors.append((field, "must be a string", value))
+        elif not value.strip() and field not in _PROBE_FIELDS:
             errors.append((field, "must be a non-empty string", value))
     if kind == "zsre" and raw.get("answers") is not None:
         answers = raw["answers"]
@@ -171,14 +182,14 @@ def _to_record(label: str, raw: Any, kind: DatasetKind, index: int, provenance: 
     prov = {**provenance, "source_uri": f"{provenance['feed']}#{case_id}"}
     if kind == "zsre":
         fact_data = {"subject": raw["subject"], "prompt": raw["src"], "target": raw["alt"],
-                     "rephrases": [raw["rephrase"]], "locality_prompts": [raw["loc"]]}
+                     "rephrases": [raw["rephrase"]], "locality_prompts": [p for p in [_probe(raw["loc"])] if p]}
         answers = raw.get("answers") or []
-        extra = {"rephrase": raw["rephrase"], "loc_prompt": raw["loc"], "loc_answer": raw["loc_ans"],
+        extra = {"rephrase": raw["rephrase"], "loc_prompt": _probe(raw["loc"]), "loc_answer": _probe(raw["loc_ans"]),
                  "true_target": answers[0] if answers else None}
     else:
         fact_data = {"subject": raw["subject"], "prompt": raw["prompt"], "target": raw["target_new"],
-                     "locality_prompts": [raw["locality_prompt"]]}
-        extra = {"loc_prompt": raw["locality_prompt"], "loc_answer": raw["locality_ground_truth"]}
+                     "locality_prompts": [p for p in [_probe(raw["locality_prompt"])] if p]}
+        extra = {"loc_prompt": _probe(raw["locality_prompt"]), "loc_answer": _probe(raw["locality_ground_truth"])}
         if kind == "counterfact":
             fact_data["rephrases"] = [raw["rephrase_prompt"]]
             extra.update(rephrase=raw["rephrase_prompt"], true_target=raw["ground_truth"])
