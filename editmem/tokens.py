@@ -41,13 +41,15 @@ def encode_prompt_target(tokenizer, prompt: str, target: str) -> PromptTarget:
     return PromptTarget(list(prompt_ids) + list(tail), n_p, mismatch=True)
 
 
-def subject_last_token_index(tokenizer, text: str, subject: str) -> int:
-    """Index of the last token of the (first occurrence of) ``subject`` in ``tokenizer(text)``.
+def subject_last_token_index(tokenizer, text: str, subject: str, *, start: int = 0) -> int:
+    """Index of the last token of the first occurrence of ``subject`` at or after character ``start`` in
+    ``tokenizer(text)``.
 
     Uses character offsets, so it is exact for any tokenizer that provides them (all fast tokenizers); falls
-    back to MEMIT's rule ``len(tokenize(text_before_subject + subject)) - 1`` otherwise.
+    back to MEMIT's rule ``len(tokenize(text_before_subject + subject)) - 1`` otherwise. ``start`` lets a caller
+    that put a random prefix in front of the prompt skip a subject that happens to occur inside the prefix.
     """
-    pos = text.find(subject)
+    pos = text.find(subject, start)
     if pos < 0:
         raise ValueError(f"subject {subject!r} not found in {text!r}")
     end = pos + len(subject)

@@ -9,6 +9,7 @@ from editmem.strategies.base import (
     register_strategy,
 )
 from editmem.strategies.context import ContextConfig, ContextStrategy
+from editmem.strategies.lyaplock import LyapLockConfig, LyapLockStrategy  # noqa: F401  (registers lyaplock, memit, memit_seq, alphaedit)
 
 __all__ = [
     "ContextConfig",

@@ -1,0 +1,246 @@
+"""Benchmark of the ``lyaplock`` strategy and its variants on the embedded model (CPU).
+
+Subcommands::
+
+    python bench/bench_lyaplock.py cf-curve --variant lyaplock --n 1000 --batch 100 --out results/lyaplock/cf_lyaplock
+    python bench/bench_lyaplock.py speed --threads 2 --out results/lyaplock/speed.json
+    python bench/bench_lyaplock.py plot results/lyaplock/cf_lyaplock results/lyaplock/cf_memit_seq ... --out results/lyaplock/cf_curve.png
+
+``cf-curve`` writes CounterFact edits in batches straight through the strategy (the same ``apply`` the SDK and the
+evaluation harness call) and, after every batch, records the strategy's telemetry (preservation loss per layer
+against LyapLock's threshold, queue weight, update norms), the MEMIT-family probability metrics (EVALUATION.md
+§6.1) of the first batch's records (the forgetting probe) and of the batch just written, and the perplexity of
+held-out corpus text (lines the statistics never saw). At the end all records are scored on the final model.
+Everything is written to ``<out>/curve.json`` after each batch, so an interrupted run still leaves its curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _load(threads: int):
+    torch.set_num_threads(threads)
+    from editmem.models import load_model
+
+    return load_model()
+
+
+def _strategy(loaded, variant: str, out: Path, overrides: dict):
+    from editmem.memory.artifacts import ArtifactStore
+    from editmem.strategies.lyaplock import LyapLockConfig, LyapLockStrategy
+
+    cfg = LyapLockConfig(variant=variant, **overrides)
+    return LyapLockStrategy(loaded.model, loaded.tokenizer, cfg, ArtifactStore(out / "artifacts"), None)
+
+
+def _stored(subject: str, prompt: str, target: str):
+    from editmem.facts import Fact, StoredFact, fact_id_for
+
+    return StoredFact(fact=Fact(subject=subject, prompt=prompt, target=target), id=fact_id_for(subject, prompt, target))
+
+
+@torch.no_grad()
+def answer_nll(model, tokenizer, pairs: list[tuple[str, str]], batch: int = 32) -> list[float]:
+    """Length-normalised NLL of ``" " + answer`` after ``prompt`` (EVALUATION.md §6.1), joint tokenisation."""
+    from editmem.tokens import encode_prompt_target, pad_batch
+
+    encs = [encode_prompt_target(tokenizer, p, a) for p, a in pairs]
+    out: list[float] = []
+    for i in range(0, len(encs), batch):
+        part = encs[i : i + batch]
+        ids, mask = pad_batch([e.input_ids for e in part], tokenizer.pad_token_id, side="right")
+        lp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+        for r, e in enumerate(part):
+            tgt = e.input_ids[e.start :]
+            vals = [lp[r, e.start - 1 + j, t].item() for j, t in enumerate(tgt)]
+            out.append(-sum(vals) / len(vals))
+    return out
+
+
+def cf_metrics(model, tokenizer, records: list[dict]) -> dict[str, float]:
+    """Efficacy / paraphrase / neighbourhood success rates (%) of CounterFact records."""
+    if not records:
+        return {}
+    pairs = []
+    for r in records:
+        for prompt in (r["prompt"], r["rephrase_prompt"], r["locality_prompt"]):
+            pairs += [(prompt, r["target_new"]), (prompt, r["ground_truth"])]
+    nll = answer_nll(model, tokenizer, pairs)
+    es = ps = ns = 0
+    for i in range(len(records)):
+        e_new, e_true, p_new, p_true, n_new, n_true = nll[6 * i : 6 * i + 6]
+        es += e_new < e_true
+        ps += p_new < p_true
+        ns += n_true < n_new
+    n = len(records)
+    es, ps, ns = 100 * es / n, 100 * ps / n, 100 * ns / n
+    score = 3 / (1 / max(es, 1e-9) + 1 / max(ps, 1e-9) + 1 / max(ns, 1e-9))
+    return {"efficacy": es, "paraphrase": ps, "neighborhood": ns, "score": score, "n": n}
+
+
+@torch.no_grad()
+def heldout_ppl(model, tokenizer, lines: list[str], max_len: int = 256, batch: int = 16) -> float:
+    """Token-level perplexity of held-out corpus lines (mean NLL over all predicted tokens)."""
+    from editmem.tokens import pad_batch
+
+    total, count = 0.0, 0
+    rows = [tokenizer(x)["input_ids"][:max_len] for x in lines]
+    rows = [r for r in rows if len(r) > 1]
+    for i in range(0, len(rows), batch):
+        part = rows[i : i + batch]
+        ids, mask = pad_batch(part, tokenizer.pad_token_id, side="right")
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        lp = torch.log_softmax(logits[:, :-1], -1).gather(2, ids[:, 1:, None]).squeeze(2)
+        m = mask[:, 1:].bool()
+        total += float(-(lp[m]).sum())
+        count += int(m.sum())
+    return math.exp(total / count)
+
+
+def cmd_cf_curve(args) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = _load(args.threads)
+    model, tok = loaded.model, loaded.tokenizer
+    records = json.loads((DATA / "counterfact_eval_2000.json").read_text())[: args.n]
+    overrides = json.loads(args.config) if args.config else {}
+    strategy = _strategy(loaded, args.variant, out, overrides)
+    from editmem.strategies.locate.stats import corpus_split
+
+    _, held = corpus_split(strategy.stats_source().corpus, strategy.config.stats_holdout_every)
+    held = held[: args.ppl_lines]
+    probe = records[: args.batch]
+    t0 = time.time()
+    base = {"ppl": heldout_ppl(model, tok, held), "probe": cf_metrics(model, tok, probe), "all": cf_metrics(model, tok, records) if args.base_all else None}
+    result = {"variant": args.variant, "n": args.n, "batch": args.batch, "threads": args.threads, "config": strategy.config.to_dict(),
+              "lambda": strategy.lam, "base": base, "base_eval_s": round(time.time() - t0, 1), "curve": []}
+    strategy.attach()
+    for lo in range(0, len(records), args.batch):
+        part = records[lo : lo + args.batch]
+        facts = [_stored(r["subject"], r["prompt"], r["target_new"]) for r in part]
+        t1 = time.time()
+        strategy.apply(facts)
+        edit_s = time.time() - t1
+        tel = strategy.telemetry[-1]
+        t2 = time.time()
+        point = {
+            "n_edits": lo + len(part),
+            "edit_s": round(edit_s, 1),
+            "s_per_edit": round(edit_s / len(part), 2),
+            "D": {l: v["D"] for l, v in tel["layers"].items()},
+            "threshold": {l: v["threshold"] for l, v in tel["layers"].items()},
+            "w_used": {l: v["w_used"] for l, v in tel["layers"].items()},
+            "delta_fro": {l: v["delta_fro"] for l, v in tel["layers"].items()},
+            "drift_fro": {l: v["drift_fro"] for l, v in tel["layers"].items()},
+            "D_sum": tel["D_sum"],
+            "threshold_sum": tel["threshold_sum"],
+            "z_loss": tel.get("z_loss"),
+            "probe_first_batch": cf_metrics(model, tok, probe),
+            "this_batch": cf_metrics(model, tok, part),
+            "ppl": heldout_ppl(model, tok, held),
+        }
+        point["ppl_ratio"] = point["ppl"] / base["ppl"]
+        point["eval_s"] = round(time.time() - t2, 1)
+        result["curve"].append(point)
+        (out / "curve.json").write_text(json.dumps(result, indent=1))
+        print(json.dumps({k: point[k] for k in ("n_edits", "s_per_edit", "D_sum", "threshold_sum", "ppl_ratio")}),
+              point["probe_first_batch"], point["this_batch"], flush=True)
+    result["final"] = cf_metrics(model, tok, records)
+    result["final_ppl_ratio"] = result["curve"][-1]["ppl_ratio"] if result["curve"] else None
+    (out / "curve.json").write_text(json.dumps(result, indent=1))
+    print("final", result["final"], flush=True)
+
+
+def cmd_speed(args) -> None:
+    loaded = _load(args.threads)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    records = json.loads((DATA / "zsre_eval_1000.json").read_text())
+    from editmem.strategies.locate.stats import load_or_collect_stats
+
+    res: dict = {"threads": args.threads}
+    strategy = _strategy(loaded, args.variant, out.parent / f"speed_{args.variant}", {})
+    # one-off statistics (from the cache when present; --fresh-stats recollects into a temporary home)
+    t = time.time()
+    strategy.editor()
+    res["prepare_s (templates + cached stats + projector)"] = round(time.time() - t, 2)
+    res["stats_meta"] = strategy.stats_meta
+    for size, count in ((1, args.single), (args.big, 1)):
+        facts = [_stored(r["subject"], r["src"], r["alt"]) for r in records[:size * count]]
+        t = time.time()
+        for i in range(count):
+            strategy.apply(facts[i * size : (i + 1) * size])
+        res[f"s_per_edit_batch{size}"] = round((time.time() - t) / (size * count), 2)
+        print(res, flush=True)
+    strategy.detach()
+    out.write_text(json.dumps(res, indent=1))
+
+
+def cmd_plot(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [json.loads((Path(d) / "curve.json").read_text()) for d in args.dirs]
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
+    for run in runs:
+        xs = [p["n_edits"] for p in run["curve"]]
+        label = run["variant"]
+        axes[0].plot(xs, [p["D_sum"] for p in run["curve"]], marker="o", label=f"{label}: D")
+        if run["variant"] == "lyaplock" and run["curve"] and run["curve"][0]["threshold_sum"]:
+            axes[0].plot(xs, [p["threshold_sum"] for p in run["curve"]], "k--", label="lyaplock threshold α·D_base")
+        axes[1].plot(xs, [p["probe_first_batch"]["efficacy"] for p in run["curve"]], marker="o", label=f"{label}: ES first batch")
+        axes[1].plot(xs, [p["this_batch"]["efficacy"] for p in run["curve"]], ls=":", label=f"{label}: ES newest batch")
+        axes[2].plot(xs, [p["probe_first_batch"]["neighborhood"] for p in run["curve"]], marker="o", label=f"{label}: NS first batch")
+        axes[3].plot(xs, [p["ppl_ratio"] for p in run["curve"]], marker="o", label=label)
+    axes[0].set_yscale("log")
+    axes[0].set_title("preservation loss D (sum over layers)")
+    axes[1].set_title("efficacy (%)")
+    axes[2].set_title("neighbourhood (%)")
+    axes[3].set_title("held-out perplexity / unedited")
+    for ax in axes:
+        ax.set_xlabel("edits")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print("wrote", args.out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("cf-curve")
+    c.add_argument("--variant", default="lyaplock", choices=["lyaplock", "memit", "memit_seq", "alphaedit"])
+    c.add_argument("--n", type=int, default=1000)
+    c.add_argument("--batch", type=int, default=100)
+    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--config", default="", help="JSON object of LyapLockConfig overrides")
+    c.add_argument("--ppl-lines", type=int, default=200)
+    c.add_argument("--base-all", action="store_true", help="also score all records on the unedited model")
+    c.add_argument("--out", required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--variant", default="lyaplock")
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--single", type=int, default=5, help="edits timed one at a time")
+    s.add_argument("--big", type=int, default=100, help="size of the batch timed once")
+    s.add_argument("--out", required=True)
+    g = sub.add_parser("plot")
+    g.add_argument("dirs", nargs="+")
+    g.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    {"cf-curve": cmd_cf_curve, "speed": cmd_speed, "plot": cmd_plot}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
