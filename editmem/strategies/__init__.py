@@ -9,12 +9,15 @@ from editmem.strategies.base import (
     register_strategy,
 )
 from editmem.strategies.context import ContextConfig, ContextStrategy
+from editmem.strategies.llp import LLPConfig, LLPStrategy
 from editmem.strategies.lyaplock import LyapLockConfig, LyapLockStrategy  # noqa: F401  (registers lyaplock, memit, memit_seq, alphaedit)
 
 __all__ = [
     "ContextConfig",
     "ContextStrategy",
     "EditTrace",
+    "LLPConfig",
+    "LLPStrategy",
     "Strategy",
     "StrategyConfig",
     "available_strategies",
