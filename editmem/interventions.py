@@ -16,6 +16,12 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 OutputHook = Callable[[nn.Module, tuple, Any], Any]
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once every needed activation has been read (the layers above are
+    skipped); the caller wraps the model call in ``try: ... except StopForward: pass``."""
+
 InputHook = Callable[[nn.Module, tuple, dict], Any]
 
 

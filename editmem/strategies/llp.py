@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from editmem.facts import StoredFact
-from editmem.interventions import HookSet, hidden_of, replace_hidden
+from editmem.interventions import HookSet, StopForward, hidden_of, replace_hidden
 from editmem.strategies.base import EditTrace, Strategy, StrategyConfig, register_strategy
 from editmem.tokens import encode_prompt_target, pad_batch, subject_last_token_index
 
@@ -83,10 +83,6 @@ _PRESET_VALUES: dict[str, dict[str, Any]] = {
         value_stop_loss=0.1,
     ),
 }
-
-
-class _StopForward(Exception):
-    """Raised by a capture hook to end a forward pass early (layers above it are not needed)."""
 
 
 @dataclasses.dataclass
@@ -504,19 +500,19 @@ class LLPStrategy(Strategy):
                 def _out(_m, _a, output, _l=layer):
                     seen[_l] = hidden_of(output).detach()
                     if not stop_at_z and _l == last:
-                        raise _StopForward
+                        raise StopForward
                 hooks.add_output_hook(self.adapter.module("layer", layer), _out)
             if stop_at_z:
                 def _pre(module, args, kwargs):
                     hidden, named = _as_kwargs(module, args, kwargs)
                     seen["h"] = hidden.detach()
                     seen["kwargs"] = named
-                    raise _StopForward
+                    raise StopForward
                 hooks.add_input_hook(self.adapter.module("layer", z), _pre)
             was, self._dry_run = self._dry_run, True
             try:
                 self.model(input_ids=input_ids.to(self.device), attention_mask=attn2d.to(self.device), use_cache=False)
-            except _StopForward:
+            except StopForward:
                 pass
             finally:
                 self._dry_run = was
@@ -1105,7 +1101,7 @@ class LLPStrategy(Strategy):
                 self._decide()
                 if self._explain_only:
                     state.hit = None
-                    raise _StopForward  # retrieval only: the layers from z on are not needed
+                    raise StopForward  # retrieval only: the layers from z on are not needed
                 if not bool(state.hit.any()):
                     return None
             if state.hit is None or not bool(state.hit.any()):
@@ -1153,7 +1149,7 @@ class LLPStrategy(Strategy):
                 self.last_traces = []
                 try:
                     self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
-                except _StopForward:
+                except StopForward:
                     pass
                 traces.extend(self.last_traces or [EditTrace(strategy=self.name) for _ in seqs])
         finally:

@@ -11,12 +11,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from editmem.interventions import HookSet, hidden_of
+from editmem.interventions import HookSet, StopForward, hidden_of
 from editmem.tokens import pad_batch
-
-
-class StopForward(Exception):
-    """Raised by a hook to end a forward pass once every needed activation has been read."""
 
 
 def right_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

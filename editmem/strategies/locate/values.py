@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from editmem.interventions import HookSet, hidden_of
-from editmem.strategies.locate.forward import StopForward, pad_id_of, right_pad, skip_bottom
+from editmem.interventions import HookSet, StopForward, hidden_of
+from editmem.strategies.locate.forward import pad_id_of, right_pad, skip_bottom
 from editmem.strategies.locate.requests import EditRequest, build_rows
 
 
