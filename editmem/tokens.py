@@ -81,3 +81,30 @@ def pad_batch(sequences: list[list[int]], pad_id: int, *, side: str = "left") ->
             ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             mask[row, : len(seq)] = 1
     return ids, mask
+
+
+def length_buckets(lengths: list[int], *, overhead: int = 16) -> list[list[int]]:
+    """Split row indices into buckets padded separately, minimising ``sum(rows * longest) + overhead * buckets``.
+
+    Padding a short row to a long one costs compute on every training step; a separate bucket costs one more
+    (smaller) forward call, worth about ``overhead`` tokens. Exact (dynamic programming over rows sorted by
+    length); buckets are returned longest first, indices in the order of ``lengths`` within a bucket.
+    """
+    if not lengths:
+        return []
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j sorted rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # rows i..j-1 form the last bucket; its longest is order[i]
+            cost = best[i] + (j - i) * lengths[order[i]] + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    buckets = []
+    j = n
+    while j > 0:
+        i = cut[j]
+        buckets.append(sorted(order[i:j]))
+        j = i
+    return buckets[::-1]

@@ -109,7 +109,7 @@ def test_registered_and_config_validation():
 
 def test_defaults_derive_from_layer_count():
     default = LLPConfig().resolve(30)
-    assert default.retrieval_layers == list(range(8)) and default.injection_layer == 14 and default.t_vote == 5
+    assert default.retrieval_layers == list(range(8)) and default.injection_layer == 20 and default.t_vote == 5
     assert default.t_layer == 0.85 and default.key_objective == "infonce+generic_hinge"
     paper = LLPConfig.paper().resolve(32)
     assert paper.retrieval_layers == list(range(8)) and paper.injection_layer == 10 and paper.t_vote == 4
@@ -299,3 +299,20 @@ def test_embedded_edit_changes_answer_and_paraphrase(tmp_path):
         assert not strategy.last_traces[0].fired
     finally:
         strategy.detach()
+
+
+@pytest.mark.parametrize("train_dtype", ["float32", "bfloat16"])
+def test_values_trained_together_equal_values_trained_alone(tokenizer, tmp_path, train_dtype):
+    """One ``apply`` with several facts trains their values as one batch (length buckets, shared LM-head call); each
+    value must come out as if its fact had been written alone (own vector, Adam state, early stop)."""
+    from editmem.strategies.llp import _FactRec
+
+    model = _tiny_llama(tokenizer)
+    strategy = _strategy(model, tokenizer, tmp_path, train_dtype=train_dtype, value_stop_loss=2.0)
+    jobs = [([_FactRec(f.id, f.prompt, f.target)], 11 + i) for i, f in enumerate((FACT_A, FACT_B, FACT_A2))]
+    together = strategy._train_values(jobs)
+    alone = [strategy._train_values([job])[0] for job in jobs]
+    for (v_t, s_t), (v_a, s_a) in zip(together, alone):
+        assert s_t["value_steps"] == s_a["value_steps"]
+        tol = 1e-4 if train_dtype == "float32" else 2e-2
+        assert torch.allclose(v_t, v_a, rtol=tol, atol=tol * float(v_a.abs().max()))
