@@ -46,9 +46,9 @@ class Session:
     def llm(self):
         if self._llm is None:
             from editmem.editable import EditableLLM
-            from editmem.strategies import get_strategy
+            from editmem.strategies import DEFAULT_STRATEGY, get_strategy
 
-            name = self.strategy_name or (self.memory.read_meta() or {}).get("strategy") or "context"
+            name = self.strategy_name or (self.memory.read_meta() or {}).get("strategy") or DEFAULT_STRATEGY
             try:
                 config_cls = get_strategy(name)[0]
                 config = config_cls.parse_overrides(self.overrides)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from editmem.facts import Fact, FactStatus, LedgerEntry, StoredFact, parse_fact
 from editmem.memory.store import AddResult, EditMemory
 from editmem.models import DEFAULT_MODEL, LoadedModel, load_model
-from editmem.strategies import EditTrace, Strategy, get_strategy
+from editmem.strategies import DEFAULT_STRATEGY, EditTrace, Strategy, get_strategy
 from editmem.tokens import pad_batch
 
 Message = dict[str, str]
@@ -86,13 +86,14 @@ class EditableLLM:
     ) -> "EditableLLM":
         """Create or reopen the store at ``store_dir``.
 
-        ``strategy`` defaults to the one the store was built with (``context`` for a new store); ``config`` overrides
+        ``strategy`` defaults to the one the store was built with (:data:`~editmem.strategies.DEFAULT_STRATEGY` for a
+        new store); ``config`` overrides
         that strategy's config fields (unknown names raise ``TypeError``).
         """
         memory = EditMemory(store_dir)
         loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device)
         meta = memory.read_meta() or {}
-        name = strategy or meta.get("strategy") or "context"
+        name = strategy or meta.get("strategy") or DEFAULT_STRATEGY
         memory.check_model(model_name=loaded.name, fingerprint=loaded.fingerprint, strategy=name)
         config_cls, strategy_cls = get_strategy(name)
         artifacts = memory.artifacts(name)

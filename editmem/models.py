@@ -28,7 +28,7 @@ class ModelNotAvailableError(RuntimeError):
 
 
 @contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """Hide transformers' per-load progress bars (a library stays quiet), restoring the caller's setting."""
     from transformers.utils import logging as hf_logging
 
@@ -159,7 +159,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _quiet_transformers():
+    with quiet_transformers():
         return _load_model(name_or_path, device=device, dtype=dtype)
 
 

@@ -232,7 +232,7 @@ def run_eval(
         # Fluency samples are drawn as batches of `sample_rows` prompts, the same chunks before and after editing.
         # Batching is safe for the base model and for strategies that act per prompt (context, or any strategy
         # that sets `batch_safe = True`); router strategies that decide per forward call get one prompt a call.
-        batch_safe = strategy == NO_STRATEGY or getattr(llm.strategy, "batch_safe", open_strategy == "context")
+        batch_safe = strategy == NO_STRATEGY or llm.strategy.batch_safe
         sample_rows = 20 if batch_safe else 1
         gen_rows = gen_batch_size if batch_safe and mode == "final" else 1
         settings["gen_rows"] = gen_rows

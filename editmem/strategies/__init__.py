@@ -12,7 +12,11 @@ from editmem.strategies.context import ContextConfig, ContextStrategy
 from editmem.strategies.llp import LLPConfig, LLPStrategy
 from editmem.strategies.lyaplock import LyapLockConfig, LyapLockStrategy  # noqa: F401  (registers lyaplock, memit, memit_seq, alphaedit)
 
+#: strategy of a new store when none is named (the SDK, the CLI, the LangChain integration)
+DEFAULT_STRATEGY = "context"
+
 __all__ = [
+    "DEFAULT_STRATEGY",
     "ContextConfig",
     "ContextStrategy",
     "EditTrace",

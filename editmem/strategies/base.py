@@ -145,6 +145,10 @@ class Strategy(ABC):
     config_cls: ClassVar[type[StrategyConfig]] = StrategyConfig
     #: True for strategies that write into the model's own weights (edits are global, not scoped)
     parametric: ClassVar[bool] = False
+    #: True when a batched forward gives every row what it would get alone (per-row retrieval decisions, or edits
+    #: in the weights); the evaluation harness then batches generations. False for strategies that decide once per
+    #: forward call.
+    batch_safe: ClassVar[bool] = False
 
     def __init__(self, model: torch.nn.Module, tokenizer, config: StrategyConfig, artifacts: ArtifactStore, memory=None):
         from editmem.adapters import get_adapter

@@ -66,6 +66,8 @@ class ContextConfig(StrategyConfig):
 class ContextStrategy(Strategy):
     """State the retrieved facts in the prompt."""
 
+    batch_safe = True  # facts are retrieved and stated per prompt
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if self.memory is None:
