@@ -289,3 +289,91 @@ def test_registered_variants_and_config_validation():
     with pytest.raises(ValueError):
         LyapLockConfig(layers=[3, 3])
     assert LyapLockConfig.parse_overrides(["alpha=20", "layers=4,5,6"]) == {"alpha": 20.0, "layers": [4, 5, 6]}
+
+
+# -- target-value speed-ups: prefix cache (exact up to rounding) and bf16 shadows ---------------------------------
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_prefix_cache_equals_full_rows(tokenizer, kind):
+    from editmem.adapters import get_adapter
+
+    model = _tiny(kind, tokenizer)
+    reqs = [make_request(tokenizer, str(i), p, s, t) for i, (s, p, t) in enumerate(FACTS[:3])]
+    templates = [["{}"], ["The day. {}", "I see it now. {}"]]
+    adapter = get_adapter(model)
+    full = compute_values(model, tokenizer, adapter, reqs, templates, 2, ValueParams(v_lr=0.5, v_num_grad_steps=6), chunk=3)
+    cached = compute_values(model, tokenizer, adapter, reqs, templates, 2,
+                            ValueParams(v_lr=0.5, v_num_grad_steps=6, prefix_cache=True), chunk=3)
+    assert torch.allclose(cached.z, full.z, atol=1e-4, rtol=1e-5)
+    assert cached.steps == full.steps and cached.loss == pytest.approx(full.loss, rel=1e-4, abs=1e-5)
+    assert full.delta_ratio[0] > 0.01  # δ did move: the comparison is not between two zero updates
+
+
+def test_prefix_runner_is_used_and_reproduces_the_top_blocks(llama, tokenizer):
+    from editmem.adapters import get_adapter
+    from editmem.interventions import hidden_of
+    from editmem.strategies.locate.forward import right_pad
+    from editmem.strategies.locate.values import _PrefixTop
+
+    adapter = get_adapter(llama)
+    rows = [build_rows(tokenizer, make_request(tokenizer, "f", p, s, t), [["{}"], ["I see it now. {}"]], with_target=True)
+            for s, p, t in FACTS[:2]]
+    rows = [r for group in rows for r in group]
+    ids, mask = right_pad([r.ids for r in rows], tokenizer.eos_token_id, torch.device("cpu"))
+    seen = {}
+    handles = [
+        llama.model.layers[2].register_forward_hook(lambda _m, _a, o: seen.__setitem__("h", hidden_of(o))),
+        llama.model.layers[2].register_forward_pre_hook(lambda _m, _a, kw: seen.__setitem__("kw", dict(kw)), with_kwargs=True),
+        llama.model.norm.register_forward_hook(lambda _m, _a, o: seen.__setitem__("final", o)),
+    ]
+    try:
+        with torch.no_grad():
+            llama(input_ids=ids, attention_mask=mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+    final = seen["final"]
+    lookup = torch.tensor([r.lookup for r in rows])
+    top = _PrefixTop.build(llama, adapter, seen["kw"], seen["h"], lookup, mask.sum(1), 2, torch.float32)
+    assert top is not None
+    real = mask.bool()
+    assert torch.allclose(adapter.final_norm(top.full_out)[real], final[real], atol=1e-5)
+    # the suffix run with δ = 0 gives the same states from the lookup token on
+    sel = torch.arange(len(rows))
+    with torch.no_grad():
+        out = top.run(sel, torch.zeros(len(rows), llama.config.hidden_size))
+    for b in range(len(rows)):
+        n = int(mask[b].sum()) - int(lookup[b])
+        assert torch.allclose(out[b, :n], top.full_out[b, lookup[b] : lookup[b] + n], atol=1e-5)
+
+
+def test_bf16_shadows_reach_the_edit_like_fp32(llama, tokenizer, corpus, tmp_path):
+    facts = [stored(*f) for f in FACTS[:3]]
+    before = [target_logprob(llama, tokenizer, f.fact.prompt, f.fact.target) for f in facts]
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        s = make_strategy(llama, tokenizer, corpus, tmp_path, name=dtype, train_dtype=dtype)
+        s.apply(facts)
+        s.attach()
+        out[dtype] = ([target_logprob(llama, tokenizer, f.fact.prompt, f.fact.target) for f in facts], s.telemetry[-1]["z_loss"],
+                      torch.stack([s.z_cache[f.id] for f in facts]))
+        s.detach()
+    for dtype, (after, _, _) in out.items():
+        assert all(a > b + 0.5 for a, b in zip(after, before)), (dtype, before, after)
+    (lp32, loss32, z32), (lp16, loss16, z16) = out["float32"], out["bfloat16"]
+    assert loss16 == pytest.approx(loss32, rel=0.2, abs=0.05)
+    assert ((z16 - z32).norm(dim=1) / z32.norm(dim=1)).max() < 0.05
+
+
+def test_fp32_attention_switch_is_scoped():
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from editmem.strategies.locate.values import _fp32_attention
+
+    original = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    with _fp32_attention(torch.bfloat16):
+        assert ALL_ATTENTION_FUNCTIONS["sdpa"] is not original
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is original and "sdpa" not in ALL_ATTENTION_FUNCTIONS._local_mapping
+    with pytest.raises(ValueError):
+        LyapLockConfig(train_dtype="float16")
+    with pytest.raises(ValueError):
+        ValueParams(train_dtype="half")
