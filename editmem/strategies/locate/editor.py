@@ -43,7 +43,7 @@ class SolverParams:
     """Variant and its regularisers (see :class:`editmem.strategies.lyaplock.LyapLockConfig` for meanings)."""
 
     variant: Variant = "lyaplock"
-    lam: float = 200.0
+    lam: float = 100.0
     alpha: float = 60.0
     V: float = 1.0
     b: float = 0.0
