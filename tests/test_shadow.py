@@ -122,3 +122,14 @@ def test_length_buckets_cover_every_row_once_at_minimal_cost(lengths):
 def test_length_buckets_split_a_long_chat_row_from_short_ones():
     assert length_buckets([12, 22, 22, 42]) == [[3], [0, 1, 2]]
     assert length_buckets([]) == []
+
+
+def test_fp32_attention_switch_is_scoped():
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from editmem.shadow import fp32_attention
+
+    original = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    with fp32_attention(torch.bfloat16):
+        assert ALL_ATTENTION_FUNCTIONS["sdpa"] is not original
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is original and "sdpa" not in ALL_ATTENTION_FUNCTIONS._local_mapping

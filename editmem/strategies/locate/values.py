@@ -19,7 +19,7 @@ Faster, same function of ``δ`` up to rounding (both off in :class:`ValueParams`
   ``z_layer`` (causal attention), so their keys/values are recorded once and each step runs only the positions
   from the lookup token on (:class:`_PrefixTop`): on ZsRE rows 5-6 of ~21 positions per row.
 * ``train_dtype="bfloat16"`` — the blocks above ``z_layer`` and the LM head run as bf16 shadows
-  (:mod:`editmem.shadow`), attention inside them in fp32 (:func:`_fp32_attention`); ``δ``, Adam, the loss and
+  (:mod:`editmem.shadow`), attention inside them in fp32 (:func:`fp32_attention`); ``δ``, Adam, the loss and
   the KL stay fp32.
 
 With ``train_dtype="float32"`` and ``prefix_cache=False`` the computation is the reference one, bit for bit.
@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from editmem.interventions import HookSet, StopForward, hidden_of
-from editmem.shadow import TRAIN_DTYPES, resolve_dtype, shadow_of, shadowed_layers
+from editmem.shadow import TRAIN_DTYPES, fp32_attention, resolve_dtype, shadow_of, shadowed_layers
 from editmem.strategies.locate.forward import pad_id_of, right_pad, skip_bottom
 from editmem.strategies.locate.requests import EditRequest, build_rows
 
@@ -183,7 +182,7 @@ def _compute_chunk(model, tokenizer, adapter, requests, templates, z_layer, para
         raise StopForward
 
     finals: dict[str, torch.Tensor] = {}
-    with skip_bottom(adapter, z_layer, like) as stub, shadowed_layers(adapter.layers, z_layer + 1, dtype), _fp32_attention(dtype):
+    with skip_bottom(adapter, z_layer, like) as stub, shadowed_layers(adapter.layers, z_layer + 1, dtype), fp32_attention(dtype):
         top = None
         if params.prefix_cache:
             top = _PrefixTop.build(model, adapter, seen["kwargs"], h_bottom, lookup, mask.sum(1), z_layer, dtype)
@@ -264,42 +263,6 @@ def _compute_chunk(model, tokenizer, adapter, requests, templates, z_layer, para
     z = (h_init + delta).T.contiguous()
     ratio = (delta.norm(dim=1) / h_norm).tolist()
     return ValueResult(z=z.detach(), h_init=h_init.T.contiguous(), loss=final_loss, nll=final_nll, steps=steps, delta_ratio=ratio)
-
-
-@contextmanager
-def _fp32_attention(dtype: torch.dtype):
-    """While active, ``sdpa`` attention on reduced-precision CPU tensors runs in fp32 (inputs upcast, output cast
-    back). torch's CPU flash-attention kernel costs ~5 ms per forward+backward call in bf16 whatever the size (vs
-    0.5-1 ms in fp32 at these sizes): with 22 blocks that was a third of a bf16 step. Attention holds few FLOPs,
-    so upcasting it costs nothing measurable and only makes the shadow more accurate. The switch is process-wide
-    (transformers' attention registry) for the duration of the block; only this module's forwards run inside it."""
-    if dtype == torch.float32:
-        yield
-        return
-    try:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    except ImportError:  # pragma: no cover - transformers without the attention interface
-        yield
-        return
-    had_local = "sdpa" in ALL_ATTENTION_FUNCTIONS._local_mapping
-    inner = ALL_ATTENTION_FUNCTIONS["sdpa"]
-
-    def sdpa_fp32(module, query, key, value, attention_mask, *args, **kwargs):
-        if query.dtype == torch.float32 or query.device.type != "cpu":
-            return inner(module, query, key, value, attention_mask, *args, **kwargs)
-        if attention_mask is not None and attention_mask.is_floating_point():
-            attention_mask = attention_mask.float()
-        out, weights = inner(module, query.float(), key.float(), value.float(), attention_mask, *args, **kwargs)
-        return out.to(query.dtype), weights
-
-    ALL_ATTENTION_FUNCTIONS["sdpa"] = sdpa_fp32
-    try:
-        yield
-    finally:
-        if had_local:
-            ALL_ATTENTION_FUNCTIONS["sdpa"] = inner
-        else:
-            del ALL_ATTENTION_FUNCTIONS["sdpa"]
 
 
 class _PrefixKV:
