@@ -12,6 +12,8 @@ Subcommands::
     # edit latency per fact (full training, memory pre-filled with N key-only entries) and the cost of a 32-token greedy
     # generation with N entries in memory vs the unedited model, in the same process
     python bench/bench_llp.py speed --threads 2 --entries 1000 --edits 5 --out results/llp_speed.json
+    # the same with a real memory: a copy of the LLP artifacts of an evaluation store (edits from the train split)
+    python bench/bench_llp.py speed --threads 2 --artifacts results/zsre1000_llp_artifacts --edits 10 --out results/llp_speed_real.json
 
 Entries built by ``_synthetic_entries`` have real keys (prefix-averaged subject states refined by the configured
 key objective against all earlier keys, exactly the write path's key stage) and *untrained* values (the
@@ -32,6 +34,7 @@ from typing import Any
 import torch
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "zsre_eval_1000.json"
+TRAIN_DATA = DATA.with_name("zsre_train_4000.json")
 
 
 def _strategy(config: dict[str, Any]):
@@ -191,7 +194,14 @@ def cmd_speed(args: argparse.Namespace) -> dict[str, Any]:
     strategy._prefixes()
     strategy._generic()
     one_time = time.perf_counter() - t0
-    key_s = _synthetic_entries(strategy, records[args.edits : args.edits + args.entries], raw_keys=args.raw_keys)
+    if args.artifacts is not None:
+        # a real memory (e.g. the artifacts of a T=1000 evaluation run): trained keys and values; the timed edits
+        # then come from the train split, whose subjects are not among the evaluation set's
+        key_s = None
+        _restore(strategy, args.artifacts)
+        records = json.loads(TRAIN_DATA.read_text())
+    else:
+        key_s = _synthetic_entries(strategy, records[args.edits : args.edits + args.entries], raw_keys=args.raw_keys)
     strategy.attach()
     latencies, cpu, stats = [], [], []
     for r in records[: args.edits]:
@@ -203,7 +213,7 @@ def cmd_speed(args: argparse.Namespace) -> dict[str, Any]:
         stats.append(strategy.last_edit_stats[0])
         print(f"edit {len(latencies)}: {latencies[-1]:.2f} s {stats[-1]}", flush=True)
     # generation: unrelated prompts (no hit) and edited prompts (hit), interleaved base / llp, repeated
-    unrelated = [r["loc"].replace("nq question: ", "") + "?" for r in records[900 : 900 + args.prompts]]
+    unrelated = [r["loc"].replace("nq question: ", "") + "?" for r in records[-args.prompts :]]
     edited = [r["src"] for r in records[: min(args.edits, args.prompts)]]
     timing: dict[str, list[float]] = {"base_unrelated": [], "llp_unrelated": [], "base_edited": [], "llp_edited": []}
     fired = {"unrelated": 0, "edited": 0}
@@ -220,6 +230,7 @@ def cmd_speed(args: argparse.Namespace) -> dict[str, Any]:
     out = {
         "threads": args.threads,
         "entries_in_memory": len(strategy._order),
+        "memory": str(args.artifacts) if args.artifacts is not None else ("raw keys" if args.raw_keys else "refined keys, untrained values"),
         "one_time_setup_s": one_time,
         "key_only_entry_s": key_s,
         "edit_latency_s": latencies,
@@ -274,11 +285,25 @@ def cmd_generation(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _restore(strategy, artifacts: Path) -> set[str]:
+    """Load a copy of an LLP artifacts folder (keys, values, facts) into ``strategy``; the original is not touched."""
+    import shutil
+
+    from editmem.memory.artifacts import ArtifactStore
+
+    copy = Path(tempfile.mkdtemp()) / "llp"
+    shutil.copytree(artifacts, copy)
+    strategy.artifacts = ArtifactStore(copy)
+    restored = strategy.load()
+    if restored is None:
+        raise SystemExit(f"no compatible LLP state in {artifacts}")
+    return restored
+
+
 def cmd_snapshot(args: argparse.Namespace) -> dict[str, Any]:
     """Harness teacher-forced metrics (Rel./Gen./Loc., EVALUATION.md §3-4) of the records edited so far, on a copy
     of a running evaluation's LLP artifacts (the curve point at that moment), with the run's cached pre-edit
     measurements. Uses the harness's Scorer/measure_record/compare_to_pre/summarize."""
-    import shutil
     import types
 
     from editmem.eval.datasets import load_records
@@ -286,15 +311,8 @@ def cmd_snapshot(args: argparse.Namespace) -> dict[str, Any]:
     from editmem.eval.scoring import Scorer
 
     torch.set_num_threads(args.threads)
-    copy = Path(tempfile.mkdtemp()) / "llp"
-    shutil.copytree(args.artifacts, copy)
     loaded, strategy = _strategy({})
-    from editmem.memory.artifacts import ArtifactStore
-
-    strategy.artifacts = ArtifactStore(copy)
-    restored = strategy.load()
-    if restored is None:
-        raise SystemExit(f"no compatible LLP state in {args.artifacts}")
+    restored = _restore(strategy, args.artifacts)
     strategy.attach()
     records = load_records("zsre", args.n)
     ids = {r.fact.id: i for i, r in enumerate(records)}
@@ -328,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--repeats", type=int, default=2)
     s.add_argument("--tokens", type=int, default=32)
     s.add_argument("--raw-keys", action="store_true", help="fill the memory with unrefined keys (faster set-up)")
+    s.add_argument("--artifacts", type=Path, help="use a copy of this LLP artifacts folder as the memory instead")
     s.add_argument("--config", default="{}", help="JSON overrides of LLPConfig")
     s.add_argument("--out", type=Path)
     g = sub.add_parser("generation")
