@@ -59,12 +59,10 @@ def _synthetic_entries(strategy, records: list[dict[str, Any]], offset: int = 0,
     for i, r in enumerate(records, start=offset):
         fact = _FactRec(fact_id_for(r["subject"], r["src"], r["alt"]), r["src"], r["alt"])
         seed = 1000 + i
-        queries = strategy._key_queries(r["subject"], [fact], seed)
-        mats = strategy._get_matrices()
         if raw_keys:
-            key, stats = queries.mean(1), {}
+            key, stats = strategy._key_queries(r["subject"], [fact], seed).mean(1), {}
         else:
-            key, stats = strategy._train_key(queries, mats[0].cpu() if mats is not None else None, seed)
+            key, stats = strategy._refine_key(r["subject"], [fact], seed)
         value = strategy._value_init([fact])
         eid = f"e{i:05d}"
         strategy._entries[eid] = _Entry(eid, r["subject"], [fact], key, value, seed, stats)

@@ -213,6 +213,32 @@ def test_batched_generation_mixed_rows(tiny, tokenizer):
     assert batched[1] != base[1] or batched[3] != base[3]
 
 
+def test_partial_subject_hinge_moves_key_away_from_the_last_word(tokenizer, tmp_path):
+    """With ``partial_subject_weight`` the key of "Watts Humphrey" ends less similar to "Humphrey" alone (what made
+    keys fire on a subject's last word elsewhere) and still closest to its own subject states."""
+    import torch.nn.functional as F
+
+    from editmem.strategies.llp import _FactRec
+
+    fact = _FactRec(FACT_A.id, FACT_A.prompt, FACT_A.target)
+    cos = {}
+    for weight in (0.0, 10.0):
+        model = _tiny_llama(tokenizer)
+        strategy = _strategy(model, tokenizer, tmp_path / f"w{weight}", key_lr=0.2, key_steps=32,
+                             partial_subject_weight=weight, partial_subject_mu=0.3)
+        key, _ = strategy._refine_key(FACT_A.subject, [fact], seed=7)
+        partial = strategy._partial_queries(FACT_A.subject, seed=7)
+        own = strategy._key_queries(FACT_A.subject, [fact], seed=7)
+        kn = F.normalize(key, dim=-1)
+        cos[weight] = (float(torch.einsum("md,mpd->mp", kn, F.normalize(partial, dim=-1)).mean()),
+                       float(torch.einsum("md,mpd->mp", kn, F.normalize(own, dim=-1)).mean()))
+        strategy.detach()
+    assert strategy._partial_queries("Humphrey", seed=7) is None  # one-word subjects have no partial form
+    (partial_off, own_off), (partial_on, own_on) = cos[0.0], cos[10.0]
+    assert partial_on < partial_off - 0.02, cos
+    assert own_on > partial_on, cos
+
+
 def test_same_subject_shares_one_entry(tiny, tokenizer):
     model, strategy = tiny
     strategy.apply([stored(FACT_A)])
