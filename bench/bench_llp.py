@@ -59,10 +59,7 @@ def _synthetic_entries(strategy, records: list[dict[str, Any]], offset: int = 0,
     for i, r in enumerate(records, start=offset):
         fact = _FactRec(fact_id_for(r["subject"], r["src"], r["alt"]), r["src"], r["alt"])
         seed = 1000 + i
-        if raw_keys:
-            key, stats = strategy._key_queries(r["subject"], [fact], seed).mean(1), {}
-        else:
-            key, stats = strategy._refine_key(r["subject"], [fact], seed)
+        key, stats = strategy._refine_key(r["subject"], [fact], seed)
         value = strategy._value_init([fact])
         eid = f"e{i:05d}"
         strategy._entries[eid] = _Entry(eid, r["subject"], [fact], key, value, seed, stats)

@@ -10,8 +10,8 @@ arithmetic is rounded. ``torch.autocast`` gives little here: it re-casts the fro
 
 Training-only: blocks run without a KV cache (pass none). A :class:`ShadowBlock` holds the copy and casts at its boundary (floating inputs in, hidden state back to the
 caller's dtype), so callers and hooks never see bf16. Copies are cached per block and rebuilt when the block's
-parameters change in place (``Tensor._version``). :func:`fp32_attention` runs the shadows' attention in fp32
-(torch's bf16 CPU attention kernel has a large fixed cost per call).
+parameters change in place (``Tensor._version``). Shadows run their attention in fp32 (:func:`fp32_attention`:
+torch's bf16 CPU attention kernel has a large fixed cost per call).
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from torch import nn
 TRAIN_DTYPES = ("float32", "bfloat16")
 
 
-def resolve_dtype(name: str) -> torch.dtype:
+def resolve_dtype(name: str, *, field: str = "train dtype") -> torch.dtype:
+    """The torch dtype of a config's ``train_dtype``; ``field`` names the config field in the error."""
     if name not in TRAIN_DTYPES:
-        raise ValueError(f"train dtype must be one of {TRAIN_DTYPES}, got {name!r}")
+        raise ValueError(f"{field} must be one of {TRAIN_DTYPES}, got {name!r}")
     return getattr(torch, name)
 
 
@@ -50,7 +51,8 @@ class ShadowBlock(nn.Module):
 
     Floating tensors among the inputs (hidden states, rotary cos/sin, additive masks) are cast to ``dtype``; the
     hidden state of the output is cast back to the input hidden state's dtype. Other output members (attention
-    weights, caches) are returned as the copy produced them.
+    weights, caches) are returned as the copy produced them. Attention inside the copy runs in fp32
+    (:func:`fp32_attention`).
     """
 
     def __init__(self, block: nn.Module, dtype: torch.dtype):
@@ -66,7 +68,8 @@ class ShadowBlock(nn.Module):
         self.versions = _versions(block)
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:  # noqa: D401 - module protocol
-        out = self.copy(_cast(hidden_states, self.dtype), *_cast(args, self.dtype), **{k: _cast(v, self.dtype) for k, v in kwargs.items()})
+        with fp32_attention(self.dtype):
+            out = self.copy(_cast(hidden_states, self.dtype), *_cast(args, self.dtype), **{k: _cast(v, self.dtype) for k, v in kwargs.items()})
         if isinstance(out, tuple):
             return (out[0].to(hidden_states.dtype), *out[1:])
         return out.to(hidden_states.dtype)

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from editmem.facts import StoredFact
 from editmem.interventions import HookSet, StopForward, hidden_of, replace_hidden
 from editmem.strategies.base import EditTrace, Strategy, StrategyConfig, register_strategy
-from editmem.shadow import TRAIN_DTYPES, fp32_attention, resolve_dtype, shadow_blocks
+from editmem.shadow import resolve_dtype, shadow_blocks
 from editmem.tokens import encode_prompt_target, length_buckets, pad_batch, subject_last_token_index
 
 logger = logging.getLogger(__name__)
@@ -230,8 +230,7 @@ class LLPConfig(StrategyConfig):
             raise ValueError(f"LLPConfig.key_objective must be 'infonce' or 'infonce+generic_hinge', got {self.key_objective!r}")
         if self.key_init not in (None, "mean", "last"):
             raise ValueError(f"LLPConfig.key_init must be 'mean' or 'last', got {self.key_init!r}")
-        if self.train_dtype not in TRAIN_DTYPES:
-            raise ValueError(f"LLPConfig.train_dtype must be one of {TRAIN_DTYPES}, got {self.train_dtype!r}")
+        resolve_dtype(self.train_dtype, field="LLPConfig.train_dtype")
         if self.query_span not in ("user", "all"):
             raise ValueError(f"LLPConfig.query_span must be 'user' or 'all', got {self.query_span!r}")
         for name in ("value_lr", "key_lr", "key_temperature"):
@@ -688,7 +687,7 @@ class LLPStrategy(Strategy):
         dtype = resolve_dtype(self.config.train_dtype)
         blocks = shadow_blocks(list(self._layers())[self.cfg.injection_layer:], dtype)
         head = shadow_blocks([self.adapter.final_norm, self.adapter.lm_head], dtype)
-        with _frozen(self.model), fp32_attention(dtype):
+        with _frozen(self.model):
             return self._value_loop(len(jobs), buckets, nctx, v0, t0, blocks, head)
 
     def _value_bucket(self, rows: list[tuple[list[int], int]], owner: list[int]) -> "_ValueBucket":

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 
 from editmem.facts import StoredFact
-from editmem.shadow import TRAIN_DTYPES
+from editmem.shadow import resolve_dtype
 from editmem.strategies.base import EditTrace, Strategy, StrategyConfig, register_strategy
 from editmem.strategies.locate.editor import VARIANTS, LocateEditor, SolverParams
 from editmem.strategies.locate.requests import EditRequest, context_templates, make_request
@@ -150,8 +150,7 @@ class LyapLockConfig(StrategyConfig):
         for name in ("l2", "v_weight_decay", "kl_factor", "stats_sampled_tokens", "stats_holdout_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"LyapLockConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.train_dtype not in TRAIN_DTYPES:
-            raise ValueError(f"LyapLockConfig.train_dtype must be one of {TRAIN_DTYPES}, got {self.train_dtype!r}")
+        resolve_dtype(self.train_dtype, field="LyapLockConfig.train_dtype")
         if not 0.0 < self.nullspace_variance_share < 1.0:
             raise ValueError(f"LyapLockConfig.nullspace_variance_share must be in (0, 1), got {self.nullspace_variance_share}")
         if self.v_num_grad_steps < 1 or self.z_chunk < 1 or self.stats_max_len < 2:

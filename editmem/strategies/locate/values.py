@@ -19,7 +19,7 @@ Faster, same function of ``δ`` up to rounding (both off in :class:`ValueParams`
   ``z_layer`` (causal attention), so their keys/values are recorded once and each step runs only the positions
   from the lookup token on (:class:`_PrefixTop`): on ZsRE rows 5-6 of ~21 positions per row.
 * ``train_dtype="bfloat16"`` — the blocks above ``z_layer`` and the LM head run as bf16 shadows
-  (:mod:`editmem.shadow`), attention inside them in fp32 (:func:`fp32_attention`); ``δ``, Adam, the loss and
+  (:mod:`editmem.shadow`, whose attention runs in fp32); ``δ``, Adam, the loss and
   the KL stay fp32.
 
 With ``train_dtype="float32"`` and ``prefix_cache=False`` the computation is the reference one, bit for bit.
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from editmem.interventions import HookSet, StopForward, hidden_of
-from editmem.shadow import TRAIN_DTYPES, fp32_attention, resolve_dtype, shadow_of, shadowed_layers
+from editmem.shadow import resolve_dtype, shadow_of, shadowed_layers
 from editmem.strategies.locate.forward import pad_id_of, right_pad, skip_bottom
 from editmem.strategies.locate.requests import EditRequest, build_rows
 
@@ -59,8 +59,7 @@ class ValueParams:
     prefix_cache: bool = False
 
     def __post_init__(self) -> None:
-        if self.train_dtype not in TRAIN_DTYPES:
-            raise ValueError(f"ValueParams.train_dtype must be one of {TRAIN_DTYPES}, got {self.train_dtype!r}")
+        resolve_dtype(self.train_dtype, field="ValueParams.train_dtype")
 
 
 @dataclass
@@ -182,7 +181,7 @@ def _compute_chunk(model, tokenizer, adapter, requests, templates, z_layer, para
         raise StopForward
 
     finals: dict[str, torch.Tensor] = {}
-    with skip_bottom(adapter, z_layer, like) as stub, shadowed_layers(adapter.layers, z_layer + 1, dtype), fp32_attention(dtype):
+    with skip_bottom(adapter, z_layer, like) as stub, shadowed_layers(adapter.layers, z_layer + 1, dtype):
         top = None
         if params.prefix_cache:
             top = _PrefixTop.build(model, adapter, seen["kwargs"], h_bottom, lookup, mask.sum(1), z_layer, dtype)
