@@ -5,6 +5,11 @@ Subcommands::
     # retrieval simulation (keys only, values untrained; forward passes below z): how often the edit prompt, its
     # paraphrase and an unrelated prompt fire, at N = 100 and N = 1000 stored entries, for a preset
     python bench/bench_llp.py retrieval --preset default --n 1000 --out results/llp_retrieval_default.json
+    # which retrieval layers and vote counts: keys for layers 0-13 (each layer's key is trained independently, so a
+    # subset scores exactly as a strategy built on it), voting re-run on subsets, raw and chat-templated queries
+    python bench/bench_llp.py retrieval --n 1000 --threads 2 --chat --subsets 0-7,2-9,4-11,6-13,0-13 \
+        --votes 0.5,0.625,0.75 --config '{"retrieval_layers": [0,1,2,3,4,5,6,7,8,9,10,11,12,13], "injection_layer": 20}' \
+        --out results/llp_retrieval_layers.json
 
     # greedy chat answers (target contained) after reopening an evaluation store
     python bench/bench_llp.py generation --store results/llp_zsre100_store --n 100 --out results/llp_generation.json
@@ -68,15 +73,20 @@ def _synthetic_entries(strategy, records: list[dict[str, Any]], offset: int = 0,
     return (time.perf_counter() - t0) / max(1, len(records))
 
 
-def _decide(trace, t_layer: float, t_vote: int) -> str | None:
-    """Re-run the vote from a trace's per-layer top-k scores with other thresholds (t_layer >= the trace's)."""
+def _decide(trace, t_layer: float, t_vote: int, tie_break: str = "first", layers: set[int] | None = None) -> str | None:
+    """Re-run the vote from a trace's per-layer top-k scores with other thresholds (t_layer >= the trace's), on
+    ``layers`` only (a subset of the traced retrieval layers; all by default)."""
     votes: dict[str, int] = {}
     first: dict[str, int] = {}
+    total: dict[str, float] = {}
     order = 0
     for layer in sorted(trace.details.get("layer_scores", {}), key=int):
+        if layers is not None and int(layer) not in layers:
+            continue
         for eid, score in trace.details["layer_scores"][layer]:
             if score > t_layer:
                 votes[eid] = votes.get(eid, 0) + 1
+                total[eid] = total.get(eid, 0.0) + score
                 first.setdefault(eid, order)
             order += 1
     if not votes:
@@ -84,10 +94,27 @@ def _decide(trace, t_layer: float, t_vote: int) -> str | None:
     best = max(votes.values())
     if best < t_vote:
         return None
-    return min((e for e, c in votes.items() if c == best), key=lambda e: first[e])
+    tied = [e for e, c in votes.items() if c == best]
+    return max(tied, key=lambda e: total[e]) if tie_break == "score" else min(tied, key=lambda e: first[e])
 
 
 SWEEP = [(0.8, 4), (0.85, 4), (0.85, 5), (0.85, 6), (0.875, 4), (0.875, 5), (0.9, 4)]
+
+
+def _layer_range(text: str) -> list[int]:
+    lo, _, hi = text.partition("-")
+    return list(range(int(lo), int(hi or lo) + 1))
+
+
+def _sweep_points(subsets: list[list[int]], votes: str | None) -> list[tuple[str, set[int], float, int]]:
+    """(label, layers, t_layer, t_vote) to score: SWEEP for each subset, or ``--votes`` fractions of its size."""
+    points = []
+    for layers in subsets:
+        tag = f"{layers[0]}-{layers[-1]}"
+        pairs = SWEEP if votes is None else [(t, v) for t in (0.85, 0.875) for v in
+                                             sorted({max(1, min(len(layers), round(float(f) * len(layers)))) for f in votes.split(",")})]
+        points += [(f"{tag} {t}/{v}", set(layers), t, v) for t, v in pairs]
+    return points
 
 
 def _raw_entries(strategy, records: list[dict[str, Any]], offset: int, t0: float) -> float:
@@ -124,6 +151,13 @@ def cmd_retrieval(args: argparse.Namespace) -> dict[str, Any]:
     records = json.loads(DATA.read_text())[: args.n]
     strategy._prefixes()
     strategy._generic()
+    subsets = [_layer_range(s) for s in args.subsets.split(",")] if args.subsets else [list(strategy.cfg.retrieval_layers)]
+    points = _sweep_points(subsets, args.votes)
+    tok = strategy.tokenizer
+
+    def chat(question: str) -> str:
+        return tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+
     out: dict[str, Any] = {"preset": args.preset, "config": config, "resolved": vars(strategy.cfg) if hasattr(strategy.cfg, "__dict__") else str(strategy.cfg), "points": []}
     built = 0
     for point in sorted({int(p) for p in args.points.split(",")} | {args.n}):
@@ -139,23 +173,26 @@ def cmd_retrieval(args: argparse.Namespace) -> dict[str, Any]:
             "gen_leaky": [r["rephrase"] + " " + r["alt"] for r in sub],
             "loc_false": [r["loc"] + " " + r["loc_ans"] for r in sub],
         }
+        if args.chat:  # what a chat application sends: the question inside the template (retrieval sees the user turn)
+            rows.update(rel_chat=[chat(r["src"]) for r in sub], gen_chat=[chat(r["rephrase"]) for r in sub],
+                        loc_chat=[chat(r["loc"].replace("nq question: ", "") + "?") for r in sub])
         point_out: dict[str, Any] = {"N": point, "sweep": {}}
         for name, prompts in rows.items():
             traces = strategy.retrieve(prompts)
-            for t_layer, t_vote in SWEEP:
-                if t_layer < strategy.cfg.t_layer:
+            for label, layers, t_layer, t_vote in points:
+                if t_layer < strategy.cfg.t_layer or t_vote > len(layers):
                     continue
-                decided = [_decide(t, t_layer, t_vote) for t in traces]
-                value = (sum(d is not None for d in decided) if name == "loc_false"
+                decided = [_decide(t, t_layer, t_vote, strategy.cfg.tie_break, layers) for t in traces]
+                value = (sum(d is not None for d in decided) if name.startswith("loc")
                          else sum(d == eid for d, eid in zip(decided, ids))) / len(traces)
-                point_out["sweep"].setdefault(f"{t_layer}/{t_vote}", {})[name] = round(value, 4)
-            if name == "loc_false":
+                point_out["sweep"].setdefault(label, {})[name] = round(value, 4)
+            if name.startswith("loc"):
                 point_out[name] = sum(t.fired for t in traces) / len(traces)
                 triggers: dict[str, int] = {}
                 for t in traces:
                     if t.fired:
                         triggers[t.details["subject"]] = triggers.get(t.details["subject"], 0) + 1
-                point_out["loc_false_subjects"] = dict(sorted(triggers.items(), key=lambda kv: -kv[1])[:10])
+                point_out[f"{name}_subjects"] = dict(sorted(triggers.items(), key=lambda kv: -kv[1])[:10])
             else:
                 point_out[name] = sum(t.details.get("entry") == eid for t, eid in zip(traces, ids)) / len(traces)
         point_out["hub_entries"] = sum(bool(strategy._entries[i].stats.get("hub")) for i in ids)
@@ -332,6 +369,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--points", default="100")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--config", default="{}", help="JSON overrides of LLPConfig")
+    p.add_argument("--subsets", help="layer ranges to score as retrieval sets, e.g. 0-7,6-13 (keys built for the "
+                                     "config's retrieval_layers, which must cover them)")
+    p.add_argument("--votes", help="t_vote as fractions of each subset's size, e.g. 0.5,0.625,0.75 (with t_layer "
+                                   "0.85 and 0.875); default: the fixed SWEEP pairs")
+    p.add_argument("--chat", action="store_true", help="also score chat-templated questions (user turn only)")
     p.add_argument("--out", type=Path)
     s = sub.add_parser("speed")
     s.add_argument("--threads", type=int, default=2)

@@ -109,15 +109,17 @@ def test_registered_and_config_validation():
 
 def test_defaults_derive_from_layer_count():
     default = LLPConfig().resolve(30)
-    assert default.retrieval_layers == list(range(8)) and default.injection_layer == 20 and default.t_vote == 5
+    assert default.retrieval_layers == list(range(6, 14)) and default.injection_layer == 20 and default.t_vote == 6
     assert default.t_layer == 0.85 and default.key_objective == "infonce+generic_hinge"
+    assert (default.partial_subject_weight, default.tie_break, default.key_prefixes, default.key_bare_context) == (10.0, "score", 6, True)
     paper = LLPConfig.paper().resolve(32)
     assert paper.retrieval_layers == list(range(8)) and paper.injection_layer == 10 and paper.t_vote == 4
     assert (paper.t_layer, paper.value_lr, paper.key_lr, paper.key_objective) == (0.7, 5e-2, 5e-3, "infonce")
+    assert (paper.partial_subject_weight, paper.tie_break, paper.key_prefixes, paper.key_bare_context) == (0.0, "first", 3, False)
     small = LLPConfig().resolve(4)
     assert max(small.retrieval_layers) < small.injection_layer < 4
     assert LLPConfig(t_layer=0.5).resolve(30).t_layer == 0.5  # overridable
-    assert "t_layer" not in LLPConfig().artifact_fields()  # thresholds are runtime-only
+    assert "t_layer" not in LLPConfig().artifact_fields() and "tie_break" not in LLPConfig().artifact_fields()  # runtime-only
 
 
 # ---------------------------------------------------------------------------------------------------- tiny model
@@ -213,6 +215,39 @@ def test_batched_generation_mixed_rows(tiny, tokenizer):
     assert batched[1] != base[1] or batched[3] != base[3]
 
 
+def test_key_queries_include_the_bare_prompt(tokenizer, tmp_path):
+    """``key_bare_context`` adds the prompt without a prefix to the key positives (a key fitted to prefixed
+    contexts alone can miss the bare question); a subject on the first token is left out (attention sink)."""
+    from editmem.strategies.llp import _FactRec
+
+    model = _tiny_llama(tokenizer)
+    fact = _FactRec(FACT_A.id, FACT_A.prompt, FACT_A.target)
+    first = _FactRec("f", "Paris is the capital of", "France")
+    for bare in (False, True):
+        strategy = _strategy(model, tokenizer, tmp_path / str(bare), key_prefixes=2, key_bare_context=bare)
+        assert strategy._key_queries(FACT_A.subject, [fact], seed=3).shape[1] == 2 + bare
+        assert strategy._key_queries("Paris", [first], seed=3).shape[1] == 2
+        strategy.detach()
+
+
+@pytest.mark.parametrize("tie_break, winner", [("first", 0), ("score", 1)])
+def test_vote_tie_break(tokenizer, tmp_path, tie_break, winner):
+    """Two entries with equal votes: REF's rule takes the one voted first (layer 0's top slot); ``score`` takes the
+    one whose voting similarities sum higher (layer 0 is token identity: a shared last word ties it there)."""
+    from editmem.strategies.llp import _ForwardState
+
+    model = _tiny_llama(tokenizer)
+    strategy = _strategy(model, tokenizer, tmp_path, tie_break=tie_break)
+    strategy.apply([stored(FACT_A), stored(FACT_B)])
+    strategy._state = _ForwardState(attn2d=torch.ones(1, 3, dtype=torch.long), q_len=3, prefill=True)
+    strategy._state.scores = {0: torch.tensor([[0.99, 0.90]]), 1: torch.tensor([[0.75, 0.98]])}
+    strategy._decide()
+    trace = strategy.last_traces[0]
+    assert trace.details["vote_count"] == 2
+    assert trace.details["entry"] == strategy._order[winner]
+    strategy.detach()
+
+
 def test_partial_subject_hinge_moves_key_away_from_the_last_word(tokenizer, tmp_path):
     """With ``partial_subject_weight`` the key of "Watts Humphrey" ends less similar to "Humphrey" alone (what made
     keys fire on a subject's last word elsewhere) and still closest to its own subject states."""
@@ -227,13 +262,13 @@ def test_partial_subject_hinge_moves_key_away_from_the_last_word(tokenizer, tmp_
         strategy = _strategy(model, tokenizer, tmp_path / f"w{weight}", key_lr=0.2, key_steps=32,
                              partial_subject_weight=weight, partial_subject_mu=0.3)
         key, _ = strategy._refine_key(FACT_A.subject, [fact], seed=7)
-        partial = strategy._partial_queries(FACT_A.subject, seed=7)
+        partial = strategy._partial_queries(FACT_A.subject, [fact], seed=7)
         own = strategy._key_queries(FACT_A.subject, [fact], seed=7)
         kn = F.normalize(key, dim=-1)
         cos[weight] = (float(torch.einsum("md,mpd->mp", kn, F.normalize(partial, dim=-1)).mean()),
                        float(torch.einsum("md,mpd->mp", kn, F.normalize(own, dim=-1)).mean()))
         strategy.detach()
-    assert strategy._partial_queries("Humphrey", seed=7) is None  # one-word subjects have no partial form
+    assert strategy._partial_queries("Humphrey", [fact], seed=7) is None  # one-word subjects have no partial form
     (partial_off, own_off), (partial_on, own_on) = cos[0.0], cos[10.0]
     assert partial_on < partial_off - 0.02, cos
     assert own_on > partial_on, cos

@@ -63,9 +63,14 @@ _PRESET_VALUES: dict[str, dict[str, Any]] = {
         key_separator="",
         t_layer=0.7,
         vote_fraction=0.5,
+        retrieval_start_fraction=0.0,
         injection_fraction=10 / 32,
         n_prefixes=3,
         value_stop_loss=0.05,
+        partial_subject_weight=0.0,
+        tie_break="first",
+        key_prefixes=3,
+        key_bare_context=False,
     ),
     # Measured on SmolLM2-135M-Instruct (docs/strategies/llp.md, spec LLP.md §6.2/§7.4).
     "default": dict(
@@ -78,10 +83,15 @@ _PRESET_VALUES: dict[str, dict[str, Any]] = {
         key_init="mean",
         key_separator=" ",
         t_layer=0.85,
-        vote_fraction=0.6,
+        vote_fraction=0.75,
+        retrieval_start_fraction=0.2,
         injection_fraction=2 / 3,
         n_prefixes=2,
         value_stop_loss=0.1,
+        partial_subject_weight=10.0,
+        tie_break="score",
+        key_prefixes=6,
+        key_bare_context=True,
     ),
 }
 
@@ -96,8 +106,11 @@ class LLPConfig(StrategyConfig):
     Args:
         preset: ``"default"`` (measured on the embedded SmolLM2-135M) or ``"paper"`` (the published recipe:
             InfoNCE keys with lr 5e-3, values with lr 5e-2, ``t_layer`` 0.7, no bare-prompt context).
-        retrieval_layers: ``R``, layers whose *outputs* are compared with the keys. Default ``0..m-1`` with
-            ``m = round(L/4)`` (the paper's 8 of 32; 8 of 30 for SmolLM2).
+        retrieval_layers: ``R``, layers whose *outputs* are compared with the keys: ``m = round(L/4)`` consecutive
+            layers (the paper's 8 of 32; 8 of 30 for SmolLM2). ``paper`` preset ``0..m-1``; default preset from
+            ``round(L/5)`` (6-13 for SmolLM2): the lowest layers are close to token identity, so a subject's last
+            word matches itself in any context there (at N = 1000, 6-13 fire on 2.0 % of ZsRE locality probes
+            against 6.4 % for 0-7, with Rel. / Gen. retrieval 0.995 / 0.926 vs 0.991 / 0.935).
         injection_layer: ``z``, the value is prepended to the *input* of this layer. ``paper`` preset
             ``ceil(10 L / 32)`` (the paper's 10 of 32; 10 of 30 for SmolLM2); default preset ``round(2 L / 3)`` (20 of
             30): a value trained through 10 instead of 16 layers needs about half the Adam steps at 0.6x the cost per
@@ -131,28 +144,37 @@ class LLPConfig(StrategyConfig):
         key_init: ``"mean"`` of the prefixed subject states (PAPER Eq. 8) or ``"last"`` sample (REF).
         key_separator: string joining prefix and prompt in key queries (REF: none; values always use a space).
         hinge_alpha / hinge_mu_neg / hinge_mu_pos: weight and margins of the generic hinge.
+        key_prefixes: random prefixes per key (the key's positives; an independent draw from the value's). Default
+            preset 6 (REF: the value's 3): the mean of 2 prefixed states fitted those two contexts and missed the bare
+            question once refined (measured, docs/strategies/llp.md).
+        key_bare_context: also use the bare prompt as a key positive (and, for the partial-subject hinge, the prompt
+            with the subject shortened as a negative), as ``value_bare_context`` does for values.
         partial_subject_weight / partial_subject_mu: weight and margin of a hinge ``w·relu(cos(k, s) − mu)`` over the
-            states ``s`` of the subject's partial forms (leading words dropped: ``Kelly`` for ``Gerald Kelly``) in the
-            entry's own key prefixes, so that a key stops firing on its subject's last word elsewhere. 0 = off (the
-            default until a T = 1000 rerun confirms it): at T = 1000 the default keys fire on 19 % of ZsRE locality
-            probes, almost all partial-subject matches; weight 10, mu 0.85 cut that 8x at N = 300 for −1.3 / −4.4
-            points of Rel. / Gen. retrieval (docs/strategies/llp.md).
+            states ``s`` of the subject's partial forms (leading words dropped: ``Kelly`` for ``Gerald Kelly``) after
+            the key prefixes and inside the entry's own prompts, so that a key stops firing on its subject's last
+            word elsewhere. Default preset 10 / 0.85 (``paper``: 0 = off): at T = 1000 keys without it fired on 19 %
+            of ZsRE locality probes, almost all partial-subject matches (docs/strategies/llp.md).
         generic_samples / generic_tokens / generic_top_k: size and sampling of the self-generated generic pool.
         generic_number_samples: extra pool samples that start with a digit (number tokens are the main hubs).
         t_layer: cosine threshold for a layer's vote. Default preset 0.85: 0.7 retrieves some entry for almost any
             unrelated prompt on a small, anisotropic model (measured).
         top_k: entries each layer may vote for.
-        t_vote: votes needed to inject (absolute count, default ``ceil(m/2)``; 4 of 8).
-        n_prefixes: random prefixes per edit (value and key contexts use independent draws).
+        t_vote: votes needed to inject (absolute count; ``paper`` preset ``ceil(m/2)`` = 4 of 8, default preset
+            ``ceil(0.75 m)`` = 6 of 8: on layers 6-13 at N = 1000, 5 votes fire on 3.0 % of locality probes, 6 on 2.0 %,
+            for -0.9 points of Gen. retrieval).
+        tie_break: which of the entries with the most votes wins: ``"first"`` voted (REF: decided by the lowest
+            layer, the one closest to token identity) or the highest ``"score"`` summed over its votes (default
+            preset; at N = 1000, +2.1 / +1.6 points of Rel. / Gen. retrieval on layers 0-7, +0.2 / +0.1 on 6-13).
+        n_prefixes: random prefixes per value (keys draw ``key_prefixes`` independently).
         prefix_tokens / prefix_top_k: length and sampling of a prefix.
-        prefix_bank: prefixes sampled once per model (seeded); each edit draws ``n_prefixes`` from it.
+        prefix_bank: prefixes sampled once per model (seeded); each value and key draws its prefixes from it.
         max_facts_per_entry: facts sharing one subject entry; further facts about that subject open a new entry.
         query_span: ``"user"`` restricts retrieval to the last user turn when the input is chat-templated (the
             template's fixed tokens are exactly the generic-token triggers); ``"all"`` uses every real token.
         seed: base seed of prefixes and negative sampling (each entry stores its own derived seed).
     """
 
-    runtime_fields: ClassVar[frozenset[str]] = frozenset({"batch_size", "t_layer", "top_k", "t_vote", "query_span"})
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"batch_size", "t_layer", "top_k", "t_vote", "tie_break", "query_span"})
 
     preset: str = dataclasses.field(default="default", metadata={"help": "default | paper"})
     retrieval_layers: list[int] | None = dataclasses.field(default=None, metadata={"help": "R (layer outputs)"})
@@ -173,10 +195,12 @@ class LLPConfig(StrategyConfig):
     key_objective: str | None = None
     key_init: str | None = None
     key_separator: str | None = None
+    key_prefixes: int | None = None
+    key_bare_context: bool | None = None
     hinge_alpha: float = 10.0
     hinge_mu_neg: float = 0.5
     hinge_mu_pos: float = 0.9
-    partial_subject_weight: float = 0.0
+    partial_subject_weight: float | None = None
     partial_subject_mu: float = 0.85
     generic_samples: int = 48
     generic_number_samples: int = 16
@@ -185,6 +209,7 @@ class LLPConfig(StrategyConfig):
     t_layer: float | None = None
     top_k: int = 3
     t_vote: int | None = None
+    tie_break: str | None = None
     n_prefixes: int | None = None
     prefix_tokens: int = 10
     prefix_top_k: int = 5
@@ -208,7 +233,7 @@ class LLPConfig(StrategyConfig):
                 f"LLPConfig: max(retrieval_layers)={max(self.retrieval_layers)} must be < injection_layer={self.injection_layer} "
                 "(retrieval at or above z would see the injected prompt)"
             )
-        for name in ("n_value_tokens", "value_steps", "key_negatives", "top_k", "n_prefixes", "prefix_tokens", "prefix_top_k",
+        for name in ("n_value_tokens", "value_steps", "key_negatives", "top_k", "n_prefixes", "key_prefixes", "prefix_tokens", "prefix_top_k",
                      "prefix_bank", "max_facts_per_entry", "generic_samples", "generic_top_k"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"LLPConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -218,8 +243,9 @@ class LLPConfig(StrategyConfig):
             raise ValueError(f"LLPConfig.key_steps must be >= 0, got {self.key_steps}")
         if self.generic_tokens < 3:
             raise ValueError(f"LLPConfig.generic_tokens must be >= 3, got {self.generic_tokens}")
-        if self.n_prefixes is not None and self.prefix_bank < self.n_prefixes:
-            raise ValueError(f"LLPConfig.prefix_bank ({self.prefix_bank}) must be >= n_prefixes ({self.n_prefixes})")
+        for name in ("n_prefixes", "key_prefixes"):
+            if getattr(self, name) is not None and self.prefix_bank < getattr(self, name):
+                raise ValueError(f"LLPConfig.prefix_bank ({self.prefix_bank}) must be >= {name} ({getattr(self, name)})")
         if self.t_layer is not None and not -1.0 <= self.t_layer <= 1.0:
             raise ValueError(f"LLPConfig.t_layer must be in [-1, 1], got {self.t_layer}")
         if self.t_vote is not None:
@@ -231,6 +257,10 @@ class LLPConfig(StrategyConfig):
         if self.key_init not in (None, "mean", "last"):
             raise ValueError(f"LLPConfig.key_init must be 'mean' or 'last', got {self.key_init!r}")
         resolve_dtype(self.train_dtype, field="LLPConfig.train_dtype")
+        if self.tie_break not in (None, "first", "score"):
+            raise ValueError(f"LLPConfig.tie_break must be 'first' or 'score', got {self.tie_break!r}")
+        if self.partial_subject_weight is not None and self.partial_subject_weight < 0:
+            raise ValueError(f"LLPConfig.partial_subject_weight must be >= 0, got {self.partial_subject_weight}")
         if self.query_span not in ("user", "all"):
             raise ValueError(f"LLPConfig.query_span must be 'user' or 'all', got {self.query_span!r}")
         for name in ("value_lr", "key_lr", "key_temperature"):
@@ -247,7 +277,8 @@ class LLPConfig(StrategyConfig):
         """Concrete hyperparameters for a model with ``num_layers`` decoder layers."""
         preset = _PRESET_VALUES[self.preset]
         m = max(1, round(num_layers / 4))
-        retrieval = list(self.retrieval_layers) if self.retrieval_layers is not None else list(range(m))
+        start = round(preset["retrieval_start_fraction"] * num_layers)
+        retrieval = list(self.retrieval_layers) if self.retrieval_layers is not None else list(range(start, start + m))
         frac = preset["injection_fraction"]
         z = self.injection_layer if self.injection_layer is not None else max(max(retrieval) + 1, min(num_layers - 1, round(frac * num_layers + 1e-9) if self.preset == "default" else math.ceil(frac * num_layers)))
         if not max(retrieval) < z < num_layers:
@@ -276,6 +307,10 @@ class LLPConfig(StrategyConfig):
             t_vote=t_vote,
             n_prefixes=pick("n_prefixes"),
             value_stop_loss=pick("value_stop_loss"),
+            partial_subject_weight=pick("partial_subject_weight"),
+            tie_break=pick("tie_break"),
+            key_prefixes=pick("key_prefixes"),
+            key_bare_context=pick("key_bare_context"),
         )
 
 
@@ -298,6 +333,10 @@ class ResolvedLLP:
     t_vote: int
     n_prefixes: int
     value_stop_loss: float
+    partial_subject_weight: float
+    tie_break: str
+    key_prefixes: int
+    key_bare_context: bool
 
 
 @dataclasses.dataclass
@@ -623,7 +662,8 @@ class LLPStrategy(Strategy):
     def _entry_prefixes(self, seed: int, stage: str) -> list[str]:
         bank = self._prefixes()
         gen = torch.Generator().manual_seed(seed * 2 + (0 if stage == "value" else 1))
-        picks = torch.randperm(len(bank), generator=gen)[: self.cfg.n_prefixes].tolist()
+        count = self.cfg.n_prefixes if stage == "value" else self.cfg.key_prefixes
+        picks = torch.randperm(len(bank), generator=gen)[:count].tolist()
         return [bank[i] for i in picks]
 
     # ------------------------------------------------------------------ value training
@@ -781,16 +821,24 @@ class LLPStrategy(Strategy):
         return results
 
     # ------------------------------------------------------------------ key training
-    @torch.no_grad()
     def _key_queries(self, subject: str, entry_facts: list[_FactRec], seed: int) -> torch.Tensor:
-        """Subject-token states ``[m, P, d]`` of every prefixed prompt at every retrieval layer."""
+        """Subject-token states ``[m, P, d]`` of every prefixed prompt (and, with ``key_bare_context``, the bare
+        prompt) at every retrieval layer."""
         sep = self.cfg.key_separator
-        texts, index = [], []
+        texts: list[tuple[str, str, int]] = []  # (text, subject, where the prompt starts)
         for fact in entry_facts:
-            for p in self._entry_prefixes(seed, "key"):
-                text = f"{p}{sep}{fact.prompt}"
-                texts.append(text)
-                index.append(_subject_index(self.tokenizer, text, subject, len(p) + len(sep)))
+            if self.cfg.key_bare_context:
+                texts.append((fact.prompt, subject, 0))
+            texts.extend((f"{p}{sep}{fact.prompt}", subject, len(p) + len(sep)) for p in self._entry_prefixes(seed, "key"))
+        return self._subject_states(texts)
+
+    @torch.no_grad()
+    def _subject_states(self, texts: list[tuple[str, str, int]]) -> torch.Tensor:
+        """States ``[m, P, d]`` of each ``(text, subject, search_from)``'s last subject token at every retrieval
+        layer. A subject ending on the first token is dropped (that position is the attention sink, whose state
+        says nothing about the subject); prefixed texts never do."""
+        kept = [(t, i) for t, subj, start in texts if (i := _subject_index(self.tokenizer, t, subj, start)) > 0]
+        texts, index = [t for t, _ in kept], [i for _, i in kept]
         seqs = [self.tokenizer(t)["input_ids"] for t in texts]
         ids, attn = pad_batch(seqs, self.tokenizer.pad_token_id or 0, side="right")
         seen = self._bottom(ids, attn, self.cfg.retrieval_layers, stop_at_z=False)
@@ -798,19 +846,29 @@ class LLPStrategy(Strategy):
         idx = torch.tensor(index)
         return torch.stack([seen[r][rows, idx].float() for r in self.cfg.retrieval_layers])  # [m, P, d]
 
-    def _partial_queries(self, subject: str, seed: int) -> torch.Tensor | None:
-        """States ``[m, P', d]`` of the subject's partial forms (leading words dropped), each alone after the entry's
-        key prefixes; None for a one-word subject."""
+    def _partial_queries(self, subject: str, entry_facts: list[_FactRec], seed: int) -> torch.Tensor | None:
+        """States ``[m, P', d]`` of the subject's partial forms (leading words dropped: ``Kelly`` for ``Gerald
+        Kelly``), each alone after the entry's key prefixes and, with ``key_bare_context``, inside the entry's own
+        prompts in place of the subject; None for a one-word subject."""
         words = subject.split()
         parts = [" ".join(words[i:]) for i in range(1, len(words))]
         if not parts:
             return None
-        return torch.cat([self._key_queries(part, [_FactRec("", part, "")], seed) for part in parts], dim=1)
+        sep = self.cfg.key_separator
+        texts: list[tuple[str, str, int]] = []
+        for part in parts:
+            texts.extend((f"{p}{sep}{part}", part, len(p) + len(sep)) for p in self._entry_prefixes(seed, "key"))
+            if self.cfg.key_bare_context:
+                for fact in entry_facts:
+                    at = fact.prompt.find(subject)
+                    if at >= 0:
+                        texts.append((fact.prompt[:at] + part + fact.prompt[at + len(subject):], part, at))
+        return self._subject_states(texts)
 
     def _refine_key(self, subject: str, entry_facts: list[_FactRec], seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
         """The write path's key stage: prefix-averaged subject states refined against the stored keys."""
         queries = self._key_queries(subject, entry_facts, seed)
-        partial = self._partial_queries(subject, seed) if self.config.partial_subject_weight > 0 else None
+        partial = self._partial_queries(subject, entry_facts, seed) if self.cfg.partial_subject_weight > 0 else None
         mats = self._get_matrices()
         return self._train_key(queries, mats[0].cpu() if mats is not None else None, seed, partial=partial)
 
@@ -859,7 +917,7 @@ class LLPStrategy(Strategy):
                 loss = loss + conf.hinge_alpha * F.relu(conf.hinge_mu_pos - cos_pos).mean(1)
             if partial_n is not None:
                 cos_p = torch.einsum("md,mpd->mp", kn, partial_n)
-                loss = loss + conf.partial_subject_weight * F.relu(cos_p - conf.partial_subject_mu).mean(1)
+                loss = loss + cfg.partial_subject_weight * F.relu(cos_p - conf.partial_subject_mu).mean(1)
             active &= ~(loss.detach() < conf.key_stop_loss)  # REF: break before stepping
             if not bool(active.any()):
                 break
@@ -1124,6 +1182,7 @@ class LLPStrategy(Strategy):
         k = min(self.config.top_k, n)
         votes = torch.zeros(batch, n, dtype=torch.long)
         first_vote = torch.full((batch, n), 10**9, dtype=torch.long)
+        vote_score = torch.zeros(batch, n)
         per_layer: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         order = 0
         for layer in cfg.retrieval_layers:
@@ -1138,6 +1197,7 @@ class LLPStrategy(Strategy):
                 if rows.numel():
                     idx = top_i[rows, slot]
                     votes[rows, idx] += 1
+                    vote_score[rows, idx] += top_v[rows, slot]
                     first_vote[rows, idx] = torch.minimum(first_vote[rows, idx], torch.full_like(idx, order))
                 order += 1
         decisions: list[int | None] = []
@@ -1147,7 +1207,10 @@ class LLPStrategy(Strategy):
             winner = None
             if count >= cfg.t_vote:
                 cands = (votes[row] == count).nonzero().squeeze(1)
-                winner = int(cands[first_vote[row, cands].argmin()])
+                if cfg.tie_break == "score":
+                    winner = int(cands[vote_score[row, cands].argmax()])
+                else:
+                    winner = int(cands[first_vote[row, cands].argmin()])
             decisions.append(winner)
             traces.append(self._trace(row, winner, votes[row], per_layer))
         state.hit_entries = decisions
