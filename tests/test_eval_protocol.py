@@ -178,10 +178,16 @@ def test_cli_run_and_compare(tiny_checkpoint, zsre_file, tmp_path):
     res = runner.invoke(eval_command, ["--strategy", "none", "--out", str(out_a), *common])
     assert res.exit_code == 0, res.output
     assert (out_a / "results.json").is_file() and "| reliability |" in res.output
+    store = tmp_path / "kept"
     res = runner.invoke(eval_command, ["--strategy", "context", "--config", "top_k=1", "--checkpoints", "1",
-                                       "--out", str(out_b), *common])
+                                       "--out", str(out_b), "--store", str(store), *common])
     assert res.exit_code == 0, res.output
     assert json.loads((out_b / "results.json").read_text())["config"]["top_k"] == 1
+    from editmem.memory.store import EditMemory
+
+    assert EditMemory(store).count() == 2  # the kept store holds the run's edits
+    again = runner.invoke(eval_command, ["--strategy", "context", "--out", str(tmp_path / "c"), "--store", str(store), *common])
+    assert again.exit_code == 2 and "not empty" in again.output  # never evaluates on top of an old memory
     res = runner.invoke(eval_command, ["compare", str(out_a), str(out_b), "--out", str(tmp_path / "cmp.md")])
     assert res.exit_code == 0, res.output
     table = (tmp_path / "cmp.md").read_text()

@@ -48,9 +48,12 @@ def _parse_checkpoints(_ctx, _param, value: str | None) -> tuple[int, ...]:
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--pre-cache", type=click.Path(path_type=Path), help="folder caching pre-edit measurements across runs")
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads")
+@click.option("--store", "store_dir", type=click.Path(path_type=Path),
+              help="keep the edit memory in this new or empty folder (default: a temporary one, deleted at the end); "
+                   "reopen it like any store, e.g. to benchmark a real memory")
 @click.pass_context
 def eval_command(ctx: click.Context, strategy, dataset, n, config, batch_size, checkpoints, mode, no_generation,
-                 no_fluency, max_new_tokens, gen_batch_size, out, model, seed, pre_cache, threads) -> None:
+                 no_fluency, max_new_tokens, gen_batch_size, out, model, seed, pre_cache, threads, store_dir) -> None:
     """Edit the first N records of a dataset one after another, then score all of them on the final model."""
     if ctx.invoked_subcommand is not None:
         return
@@ -80,7 +83,7 @@ def eval_command(ctx: click.Context, strategy, dataset, n, config, batch_size, c
         result = run_eval(strategy, dataset, n=n, config=overrides, batch_size=batch_size, checkpoints=checkpoints,
                           mode=mode, generation=not no_generation, out_dir=out, model=model, seed=seed,
                           max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size, fluency=not no_fluency, pre_cache=pre_cache,
-                          progress=lambda msg: click.echo(msg, err=True))
+                          store_dir=store_dir, progress=lambda msg: click.echo(msg, err=True))
     except (FileNotFoundError, FactValidationError, KeyError, ValueError, TypeError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
