@@ -821,56 +821,70 @@ class LLPStrategy(Strategy):
         return results
 
     # ------------------------------------------------------------------ key training
-    def _key_queries(self, subject: str, entry_facts: list[_FactRec], seed: int) -> torch.Tensor:
-        """Subject-token states ``[m, P, d]`` of every prefixed prompt (and, with ``key_bare_context``, the bare
-        prompt) at every retrieval layer."""
+    def _key_texts(self, subject: str, entry_facts: list[_FactRec], seed: int) -> list[tuple[str, str, int]]:
+        """The key's positive contexts ``(text, subject, where the prompt starts)``: every prefixed prompt and, with
+        ``key_bare_context``, the bare prompt."""
         sep = self.cfg.key_separator
-        texts: list[tuple[str, str, int]] = []  # (text, subject, where the prompt starts)
+        prefixes = self._entry_prefixes(seed, "key")
+        texts: list[tuple[str, str, int]] = []
         for fact in entry_facts:
             if self.cfg.key_bare_context:
                 texts.append((fact.prompt, subject, 0))
-            texts.extend((f"{p}{sep}{fact.prompt}", subject, len(p) + len(sep)) for p in self._entry_prefixes(seed, "key"))
-        return self._subject_states(texts)
+            texts.extend((f"{p}{sep}{fact.prompt}", subject, len(p) + len(sep)) for p in prefixes)
+        return texts
 
-    @torch.no_grad()
-    def _subject_states(self, texts: list[tuple[str, str, int]]) -> torch.Tensor:
-        """States ``[m, P, d]`` of each ``(text, subject, search_from)``'s last subject token at every retrieval
-        layer. A subject ending on the first token is dropped (that position is the attention sink, whose state
-        says nothing about the subject); prefixed texts never do."""
-        kept = [(t, i) for t, subj, start in texts if (i := _subject_index(self.tokenizer, t, subj, start)) > 0]
-        texts, index = [t for t, _ in kept], [i for _, i in kept]
-        seqs = [self.tokenizer(t)["input_ids"] for t in texts]
-        ids, attn = pad_batch(seqs, self.tokenizer.pad_token_id or 0, side="right")
-        seen = self._bottom(ids, attn, self.cfg.retrieval_layers, stop_at_z=False)
-        rows = torch.arange(len(texts))
-        idx = torch.tensor(index)
-        return torch.stack([seen[r][rows, idx].float() for r in self.cfg.retrieval_layers])  # [m, P, d]
-
-    def _partial_queries(self, subject: str, entry_facts: list[_FactRec], seed: int) -> torch.Tensor | None:
-        """States ``[m, P', d]`` of the subject's partial forms (leading words dropped: ``Kelly`` for ``Gerald
-        Kelly``), each alone after the entry's key prefixes and, with ``key_bare_context``, inside the entry's own
-        prompts in place of the subject; None for a one-word subject."""
+    def _partial_texts(self, subject: str, entry_facts: list[_FactRec], seed: int) -> list[tuple[str, str, int]]:
+        """Contexts of the subject's partial forms (leading words dropped: ``Kelly`` for ``Gerald Kelly``): each alone
+        after the entry's key prefixes and, with ``key_bare_context``, inside the entry's own prompts in place of the
+        subject. Empty for a one-word subject."""
         words = subject.split()
-        parts = [" ".join(words[i:]) for i in range(1, len(words))]
-        if not parts:
-            return None
         sep = self.cfg.key_separator
+        prefixes = self._entry_prefixes(seed, "key")
         texts: list[tuple[str, str, int]] = []
-        for part in parts:
-            texts.extend((f"{p}{sep}{part}", part, len(p) + len(sep)) for p in self._entry_prefixes(seed, "key"))
+        for part in (" ".join(words[i:]) for i in range(1, len(words))):
+            texts.extend((f"{p}{sep}{part}", part, len(p) + len(sep)) for p in prefixes)
             if self.cfg.key_bare_context:
                 for fact in entry_facts:
                     at = fact.prompt.find(subject)
                     if at >= 0:
                         texts.append((fact.prompt[:at] + part + fact.prompt[at + len(subject):], part, at))
-        return self._subject_states(texts)
+        return texts
+
+    @torch.no_grad()
+    def _subject_states(self, *groups: list[tuple[str, str, int]]) -> tuple[torch.Tensor, ...]:
+        """States ``[m, P, d]`` of each ``(text, subject, search_from)``'s last subject token at every retrieval layer,
+        one tensor per group, all groups in one forward pass of the layers below the last retrieval layer. A subject
+        ending on the first token is dropped (that position is the attention sink, whose state says nothing about the
+        subject); prefixed texts never do."""
+        kept = [[(t, i) for t, subj, start in group if (i := _subject_index(self.tokenizer, t, subj, start)) > 0]
+                for group in groups]
+        flat = [pair for group in kept for pair in group]
+        seqs = [self.tokenizer(t)["input_ids"] for t, _ in flat]
+        ids, attn = pad_batch(seqs, self.tokenizer.pad_token_id or 0, side="right")
+        seen = self._bottom(ids, attn, self.cfg.retrieval_layers, stop_at_z=False)
+        rows = torch.arange(len(flat))
+        idx = torch.tensor([i for _, i in flat])
+        states = torch.stack([seen[r][rows, idx].float() for r in self.cfg.retrieval_layers])  # [m, sum P, d]
+        return tuple(states.split([len(group) for group in kept], dim=1))
+
+    def _key_queries(self, subject: str, entry_facts: list[_FactRec], seed: int) -> torch.Tensor:
+        """Subject-token states ``[m, P, d]`` of the key's positive contexts (:meth:`_key_texts`)."""
+        return self._subject_states(self._key_texts(subject, entry_facts, seed))[0]
+
+    def _partial_queries(self, subject: str, entry_facts: list[_FactRec], seed: int) -> torch.Tensor | None:
+        """States ``[m, P', d]`` of the subject's partial forms (:meth:`_partial_texts`); None for a one-word subject."""
+        texts = self._partial_texts(subject, entry_facts, seed)
+        return self._subject_states(texts)[0] if texts else None
 
     def _refine_key(self, subject: str, entry_facts: list[_FactRec], seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The write path's key stage: prefix-averaged subject states refined against the stored keys."""
-        queries = self._key_queries(subject, entry_facts, seed)
-        partial = self._partial_queries(subject, entry_facts, seed) if self.cfg.partial_subject_weight > 0 else None
+        """The write path's key stage: prefix-averaged subject states refined against the stored keys (positives
+        and partial-subject negatives share one forward pass)."""
+        positive = self._key_texts(subject, entry_facts, seed)
+        negative = self._partial_texts(subject, entry_facts, seed) if self.cfg.partial_subject_weight > 0 else []
+        queries, partial = self._subject_states(positive, negative)
         mats = self._get_matrices()
-        return self._train_key(queries, mats[0].cpu() if mats is not None else None, seed, partial=partial)
+        return self._train_key(queries, mats[0].cpu() if mats is not None else None, seed,
+                               partial=partial if partial.shape[1] else None)
 
     def _train_key(self, queries: torch.Tensor, negatives: torch.Tensor | None, seed: int,
                    partial: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
