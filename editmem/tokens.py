@@ -41,6 +41,35 @@ def encode_prompt_target(tokenizer, prompt: str, target: str) -> PromptTarget:
     return PromptTarget(list(prompt_ids) + list(tail), n_p, mismatch=True)
 
 
+def encode_chat_answer(tokenizer, prompt: str, target: str, *, end_turn: bool = True) -> PromptTarget:
+    """Token ids of ``prompt`` as a user turn in the tokenizer's chat template, then ``target`` as the assistant's
+    answer, and where the answer starts.
+
+    With ``end_turn`` the answer is followed by the template's end-of-turn token (``<|im_end|>`` for ChatML), taken
+    from the template's rendering of the whole exchange: the first special token after the answer. A value trained
+    to produce it ends a greedy chat answer after the target instead of running on ("Lamiinaeinae..."). Nothing is
+    added when the template renders the exchange differently from the generation prompt or puts text between the
+    answer and the special token.
+    """
+    user = [{"role": "user", "content": prompt}]
+    head = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    head_ids = list(tokenizer(head, add_special_tokens=False)["input_ids"])
+    answer = list(tokenizer(target, add_special_tokens=False)["input_ids"])
+    return PromptTarget(head_ids + answer + (_end_of_turn(tokenizer, user, head, target) if end_turn else []), len(head_ids))
+
+
+def _end_of_turn(tokenizer, user: list[dict[str, str]], head: str, target: str) -> list[int]:
+    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": target}], tokenize=False)
+    if not full.startswith(head) or not full[len(head):].startswith(target):
+        return []
+    after = full[len(head) + len(target):]
+    found = [(after.find(t), t) for t in tokenizer.all_special_tokens if t and t in after]
+    if not found:
+        return []
+    at, token = min(found)
+    return [int(tokenizer.convert_tokens_to_ids(token))] if not after[:at].strip() else []
+
+
 def subject_last_token_index(tokenizer, text: str, subject: str, *, start: int = 0) -> int:
     """Index of the last token of the first occurrence of ``subject`` at or after character ``start`` in
     ``tokenizer(text)``.

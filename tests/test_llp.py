@@ -23,6 +23,7 @@ TOKENIZER_DIR = Path.home() / ".cache" / "editmem" / "models" / "smollm2-135m-in
 FACT_A = Fact(subject="Watts Humphrey", prompt="What university did Watts Humphrey attend?", target="University of Michigan",
               rephrases=["What university did Watts Humphrey take part in?"])
 FACT_B = Fact(subject="Lahti Town Hall", prompt="Who was the architect of Lahti Town Hall?", target="Eliel Saarinen")
+FACT_C = Fact(subject="Gerald Kelly", prompt="Which school did Gerald Kelly go to?", target="Eton College")
 FACT_A2 = Fact(subject="Watts Humphrey", prompt="In which year was Watts Humphrey born?", target="1927")
 UNRELATED = "The capital city of France is famous for the Eiffel tower and"
 
@@ -230,6 +231,55 @@ def test_key_queries_include_the_bare_prompt(tokenizer, tmp_path):
         strategy.detach()
 
 
+def test_chat_value_context_ends_the_turn(tokenizer, tmp_path):
+    """The chat-templated value context supervises the target, then (``value_chat_end_turn``) the template's
+    end-of-turn token, so a greedy chat answer stops after the target; a template that puts no special token after
+    the answer adds nothing."""
+    import copy
+
+    from editmem.strategies.llp import _FactRec
+    from editmem.tokens import encode_chat_answer
+
+    model = _tiny_llama(tokenizer)
+    fact = _FactRec(FACT_A.id, FACT_A.prompt, FACT_A.target)
+    answer = tokenizer(FACT_A.target, add_special_tokens=False)["input_ids"]
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for end in (False, True):
+        strategy = _strategy(model, tokenizer, tmp_path / str(end), value_bare_context=True, value_chat_context=True,
+                             value_chat_end_turn=end)
+        contexts = strategy._value_contexts([fact], seed=3)
+        ids, start, bare = contexts[-1]
+        assert ids[start:] == answer + ([end_of_turn] if end else [])
+        assert tokenizer.decode(ids[:start]).endswith("assistant\n")
+        assert [c[2] for c in contexts] == [True] + [False] * (len(contexts) - 1)  # the bare string, flagged
+        strategy.detach()
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                           "{% if add_generation_prompt %}assistant: {% endif %}")
+    pt = encode_chat_answer(plain, FACT_A.prompt, FACT_A.target)
+    assert pt.input_ids[pt.start :] == plain(FACT_A.target, add_special_tokens=False)["input_ids"]
+
+
+def test_value_starts_from_the_bare_strings_states(tokenizer, tmp_path, monkeypatch):
+    """Training reads the value initialisation from the bare strings' cached layer-z states; it equals the
+    initialisation's own forward pass (:meth:`_value_init`), for an entry with two facts."""
+    from editmem.strategies.llp import _FactRec
+
+    model = _tiny_llama(tokenizer)
+    strategy = _strategy(model, tokenizer, tmp_path, value_bare_context=True, value_chat_context=True, n_value_tokens=2)
+    facts = [_FactRec(f.id, f.prompt, f.target) for f in (FACT_A, FACT_A2)]
+    seen = {}
+    loop = strategy._value_loop
+
+    def spy(n_jobs, buckets, nctx, v0, *rest):
+        seen["v0"] = v0.clone()
+        return loop(n_jobs, buckets, nctx, v0, *rest)
+
+    monkeypatch.setattr(strategy, "_value_loop", spy)
+    strategy._train_values([(facts, 5)])
+    assert torch.allclose(seen["v0"][0], strategy._value_init(facts), atol=1e-5)
+
+
 @pytest.mark.parametrize("tie_break, winner", [("first", 0), ("score", 1)])
 def test_vote_tie_break(tokenizer, tmp_path, tie_break, winner):
     """Two entries with equal votes: REF's rule takes the one voted first (layer 0's top slot); ``score`` takes the
@@ -360,6 +410,24 @@ def test_embedded_edit_changes_answer_and_paraphrase(tmp_path):
         assert not strategy.last_traces[0].fired
     finally:
         strategy.detach()
+
+
+def test_keys_of_one_write_are_refined_against_the_earlier_ones(tokenizer, tmp_path):
+    """A write with several new entries refines their keys in order, each against the stored keys and the write's
+    earlier keys (they must not collide with each other either)."""
+    import torch.nn.functional as F
+
+    model = _tiny_llama(tokenizer)
+    strategy = _strategy(model, tokenizer, tmp_path, key_steps=6)
+    strategy.apply([stored(FACT_A)])
+    strategy.apply([stored(FACT_B), stored(FACT_C)])
+    first, *written = [strategy._entries[i] for i in strategy._order]
+    negatives = F.normalize(first.key.float(), dim=-1).unsqueeze(1)
+    for entry in written:
+        key, _ = strategy._refine_key(entry.subject, entry.facts, entry.seed, negatives)
+        assert torch.equal(entry.key, key)
+        negatives = torch.cat([negatives, F.normalize(key.float(), dim=-1).unsqueeze(1)], dim=1)
+    strategy.detach()
 
 
 @pytest.mark.parametrize("train_dtype", ["float32", "bfloat16"])
