@@ -19,6 +19,8 @@ Subcommands::
     python bench/bench_llp.py speed --threads 2 --entries 1000 --edits 5 --out results/llp_speed.json
     # the same with a real memory: a copy of the LLP artifacts of an evaluation store (edits from the train split)
     python bench/bench_llp.py speed --threads 2 --artifacts results/zsre1000_llp_artifacts --edits 10 --out results/llp_speed_real.json
+    # a feed import: 10 facts per write call (their values train as one batch); latency per fact
+    python bench/bench_llp.py speed --threads 2 --artifacts results/zsre1000_llp_artifacts --edits 20 --batch 10 --out results/llp_speed_batch10.json
 
 Entries built by ``_synthetic_entries`` have real keys (prefix-averaged subject states refined by the configured
 key objective against all earlier keys, exactly the write path's key stage) and *untrained* values (the
@@ -235,15 +237,15 @@ def cmd_speed(args: argparse.Namespace) -> dict[str, Any]:
     else:
         key_s = _synthetic_entries(strategy, records[args.edits : args.edits + args.entries], raw_keys=args.raw_keys)
     strategy.attach()
-    latencies, cpu, stats = [], [], []
-    for r in records[: args.edits]:
-        fact = Fact(subject=r["subject"], prompt=r["src"], target=r["alt"])
+    latencies, cpu, stats = [], [], []  # per fact: a write call's time divided by its facts (--batch)
+    for start in range(0, args.edits, args.batch):
+        facts = [Fact(subject=r["subject"], prompt=r["src"], target=r["alt"]) for r in records[start : min(args.edits, start + args.batch)]]
         t0, c0 = time.perf_counter(), time.process_time()
-        strategy.apply([StoredFact(fact=fact, id=fact.id)])
-        latencies.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-        stats.append(strategy.last_edit_stats[0])
-        print(f"edit {len(latencies)}: {latencies[-1]:.2f} s {stats[-1]}", flush=True)
+        strategy.apply([StoredFact(fact=fact, id=fact.id) for fact in facts])
+        latencies += [(time.perf_counter() - t0) / len(facts)] * len(facts)
+        cpu += [(time.process_time() - c0) / len(facts)] * len(facts)
+        stats += strategy.last_edit_stats
+        print(f"facts {start + 1}-{start + len(facts)}: {latencies[-1]:.2f} s per fact {stats[-1]}", flush=True)
     # generation: unrelated prompts (no hit) and edited prompts (hit), interleaved base / llp, repeated
     unrelated = [r["loc"].replace("nq question: ", "") + "?" for r in records[-args.prompts :]]
     edited = [r["src"] for r in records[: min(args.edits, args.prompts)]]
@@ -264,6 +266,7 @@ def cmd_speed(args: argparse.Namespace) -> dict[str, Any]:
         "entries_in_memory": len(strategy._order),
         "memory": str(args.artifacts) if args.artifacts is not None else ("raw keys" if args.raw_keys else "refined keys, untrained values"),
         "one_time_setup_s": one_time,
+        "facts_per_write": args.batch,
         "key_only_entry_s": key_s,
         "edit_latency_s": latencies,
         "edit_latency_median_s": statistics.median(latencies),
@@ -379,6 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--entries", type=int, default=1000)
     s.add_argument("--edits", type=int, default=5)
+    s.add_argument("--batch", type=int, default=1, help="facts per write call (latency is reported per fact)")
     s.add_argument("--prompts", type=int, default=5)
     s.add_argument("--repeats", type=int, default=2)
     s.add_argument("--tokens", type=int, default=32)
