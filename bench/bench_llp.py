@@ -30,6 +30,7 @@ value initialisation): retrieval and inference cost do not depend on what a valu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -221,7 +222,9 @@ def cmd_speed(args: argparse.Namespace) -> dict[str, Any]:
     from editmem.facts import Fact, StoredFact
 
     torch.set_num_threads(args.threads)
-    loaded, strategy = _strategy(json.loads(args.config))
+    overrides = json.loads(args.config)
+    # a restored memory loads under the settings it was built with; --config then applies to the timed edits only
+    loaded, strategy = _strategy({} if args.artifacts is not None else overrides)
     model, tok = loaded.model, loaded.tokenizer
     records = json.loads(DATA.read_text())
     t0 = time.perf_counter()
@@ -234,6 +237,8 @@ def cmd_speed(args: argparse.Namespace) -> dict[str, Any]:
         key_s = None
         _restore(strategy, args.artifacts)
         records = json.loads(TRAIN_DATA.read_text())
+        if overrides:
+            _reconfigure(strategy, overrides)
     else:
         key_s = _synthetic_entries(strategy, records[args.edits : args.edits + args.entries], raw_keys=args.raw_keys)
     strategy.attach()
@@ -320,6 +325,18 @@ def cmd_generation(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _reconfigure(strategy, overrides: dict[str, Any]) -> None:
+    """Write-path settings for the next edits of a restored memory (value/key training); the memory's layout
+    (retrieval layers, injection layer, b) must stay as built."""
+    from editmem.strategies.llp import LLPConfig
+
+    config = LLPConfig(**{**dataclasses.asdict(strategy.config), **overrides})
+    resolved = config.resolve(strategy.adapter.num_layers)
+    if (resolved.retrieval_layers, resolved.injection_layer, resolved.b) != (strategy.cfg.retrieval_layers, strategy.cfg.injection_layer, strategy.cfg.b):
+        raise SystemExit(f"--config {overrides} changes the restored memory's layout")
+    strategy.config, strategy.cfg = config, resolved
+
+
 def _restore(strategy, artifacts: Path) -> set[str]:
     """Load a copy of an LLP artifacts folder (keys, values, facts) into ``strategy``; the original is not touched."""
     import shutil
@@ -388,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--tokens", type=int, default=32)
     s.add_argument("--raw-keys", action="store_true", help="fill the memory with unrefined keys (faster set-up)")
     s.add_argument("--artifacts", type=Path, help="use a copy of this LLP artifacts folder as the memory instead")
-    s.add_argument("--config", default="{}", help="JSON overrides of LLPConfig")
+    s.add_argument("--config", default="{}", help="JSON overrides of LLPConfig (with --artifacts: for the timed edits)")
     s.add_argument("--out", type=Path)
     g = sub.add_parser("generation")
     g.add_argument("--store", type=Path, required=True)
