@@ -81,7 +81,7 @@ def _usage_errors(fn):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", envvar="EDITMEM_STORE", default="./editmem-store", show_default=True, help="store folder (EDITMEM_STORE)")
 @click.option("--model", envvar="EDITMEM_MODEL", default="smollm2-135m-instruct", show_default=True, help="model name or path (EDITMEM_MODEL)")
-@click.option("--strategy", envvar="EDITMEM_STRATEGY", default=None, help="editing strategy (EDITMEM_STRATEGY); default: the store's, else context")
+@click.option("--strategy", envvar="EDITMEM_STRATEGY", default=None, help="editing strategy (EDITMEM_STRATEGY); default: the store's, else llp")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--config", "overrides", multiple=True, metavar="KEY=VALUE", help="strategy config override (repeatable)")
 @click.version_option(package_name="editmem")

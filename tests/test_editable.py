@@ -55,6 +55,18 @@ def test_reopen_restores_edits_and_config(tmp_path, tiny_loaded):
     assert "Lip-Bu Tan" in again.prepare_prompt("Who is the CEO of Intel?", chat=False)[0]
 
 
+def test_new_store_without_a_strategy_uses_llp_and_keeps_it(tmp_path, tiny_loaded):
+    path = tmp_path / "s"
+    llm = EditableLLM.open(path, model=tiny_loaded, value_steps=2, key_steps=2)
+    assert llm.strategy.name == "llp"
+    ids = llm.edit(FACT).added
+    assert llm.strategy.applied_ids() == set(ids)
+    llm.close()
+    again = EditableLLM.open(path, model=tiny_loaded)
+    assert again.strategy.name == "llp" and again.strategy.config.value_steps == 2
+    assert again.strategy.applied_ids() == set(ids)
+
+
 def test_unknown_config_option_is_a_type_error(tmp_path, tiny_loaded):
     with pytest.raises(TypeError, match="unknown option"):
         open_llm(tmp_path / "s", tiny_loaded, nonsense=1)
