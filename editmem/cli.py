@@ -221,14 +221,15 @@ def explain(session: Session, question: str) -> None:
 @main.command()
 @click.pass_obj
 def strategies(session: Session) -> None:
-    """List the registered editing strategies."""
-    from editmem.strategies import available_strategies, get_strategy
+    """List the registered editing strategies; the one a new store gets is marked ``*``."""
+    from editmem.strategies import DEFAULT_STRATEGY, available_strategies, get_strategy
 
     for name in available_strategies():
         config_cls, strategy_cls = get_strategy(name)
         kind = "parametric" if strategy_cls.parametric else "retrieval"
         doc = (strategy_cls.__module__ and sys.modules[strategy_cls.__module__].__doc__ or "").strip().splitlines()
-        console.print(f"{name:10s} {kind:10s} {doc[0] if doc else ''}")
+        mark = "*" if name == DEFAULT_STRATEGY else " "
+        console.print(f"{mark} {name:10s} {kind:10s} {doc[0] if doc else ''}", markup=False)
 
 
 @main.command()

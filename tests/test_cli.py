@@ -77,3 +77,11 @@ def test_bad_config_override_is_a_usage_error(tmp_path, cli):
     result = CliRunner().invoke(
         main, ["--store", str(tmp_path / "s"), "--config", "nonsense=1", "ask", "hi"])
     assert result.exit_code == 2 and "nonsense" in result.output
+
+
+def test_strategies_lists_the_registry_and_marks_the_default():
+    result = CliRunner().invoke(main, ["strategies"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[1] if line.startswith("*") else line.split()[0]: line for line in result.output.splitlines()}
+    assert {"context", "llp", "lyaplock", "memit", "memit_seq", "alphaedit"} <= set(rows)
+    assert [name for name, line in rows.items() if line.startswith("*")] == ["llp"]
