@@ -908,18 +908,21 @@ class LLPStrategy(Strategy):
         positive = self._key_texts(subject, entry_facts, seed)
         negative = self._partial_texts(subject, entry_facts, seed) if self.cfg.partial_subject_weight > 0 else []
         queries, partial = self._subject_states(positive, negative)
-        if negatives is None:
-            mats = self._get_matrices()
-            negatives = mats[0].cpu() if mats is not None else None
+        negatives = self._stored_negatives() if negatives is None else negatives
         return self._train_key(queries, negatives, seed, partial=partial if partial.shape[1] else None)
+
+    def _stored_negatives(self) -> torch.Tensor:
+        """The stored keys, normalised, on the CPU: ``[m, N, d]`` (``N`` = 0 for an empty memory)."""
+        mats = self._get_matrices()
+        if mats is None:
+            return torch.zeros(len(self.cfg.retrieval_layers), 0, self.adapter.hidden_size)
+        return mats[0].cpu()
 
     def _refine_keys(self, jobs: list[tuple[str, str, list[_FactRec], int, torch.Tensor | None]]
                      ) -> list[tuple[torch.Tensor, dict[str, Any]]]:
         """Keys of a write's entries in order, each refined against the stored keys and the ones before it (a kept
         key, on a value retrain, is reused as is)."""
-        mats = self._get_matrices()
-        m, d = len(self.cfg.retrieval_layers), self.adapter.hidden_size
-        negatives = mats[0].cpu() if mats is not None else torch.zeros(m, 0, d)
+        negatives = self._stored_negatives()
         out = []
         for _, subject, facts, seed, kept_key in jobs:
             t0 = time.perf_counter()
