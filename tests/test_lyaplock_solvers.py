@@ -127,10 +127,24 @@ def test_queue_waits_for_a_nonzero_first_loss():
     assert q.D_base == 0.5 and q.weight == pytest.approx(1.0)
 
 
+def test_queue_threshold_scales_with_first_batch_size():
+    """``reference_batch``: a first batch of ``b₀`` edits sets ``D̄ = α·D_base·reference/b₀``; ``b₀ = reference``
+    (and ``reference_batch=None``) is the paper's rule."""
+    one = QueueState(alpha=60.0, reference_batch=100)
+    one.update(0.01, n_edits=1)
+    assert one.threshold == pytest.approx(60.0 * 0.01 * 100)
+    assert one.weight == pytest.approx(1.0)
+    one.update(0.5 * one.threshold, n_edits=1)
+    assert one.weight == pytest.approx(1.0)  # below the scaled threshold: no pressure
+    paper = QueueState(alpha=60.0, reference_batch=100)
+    paper.update(0.01, n_edits=100)
+    assert paper.threshold == pytest.approx(0.6) == QueueState(alpha=60.0, D_base=0.01).threshold
+
+
 def test_queue_roundtrip():
-    q = QueueState(alpha=20.0)
+    q = QueueState(alpha=20.0, reference_batch=10)
     for D in [0.1, 5.0, 1.0]:
-        q.update(D)
+        q.update(D, n_edits=2)
     assert QueueState.from_dict(q.to_dict()) == q
 
 

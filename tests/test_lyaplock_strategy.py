@@ -178,7 +178,7 @@ def test_edit_raises_target_probability_and_detach_is_exact(llama, tokenizer, co
     assert all(torch.equal(strategy.adapter.mlp_out_weight(l), base[l]) for l in strategy.layers)
     assert all(torch.equal(strategy.W0[l], base[l]) for l in strategy.layers)
     tel = strategy.telemetry[-1]
-    assert set(tel["layers"]) == {"1", "2"} and tel["D_sum"] > 0 and tel["threshold_sum"] == pytest.approx(60 * tel["D_sum"])
+    assert set(tel["layers"]) == {"1", "2"} and tel["D_sum"] > 0 and tel["threshold_sum"] == pytest.approx(60 * (100 / 3) * tel["D_sum"])
     trace = strategy.explain("Where is Paris these days?")
     assert trace.fact_ids == [] and [c["subject"] for c in trace.details["subject_candidates"]] == ["Paris"]
 
@@ -197,12 +197,25 @@ def test_lyaplock_first_batch_equals_memit_with_same_lambda(llama, tokenizer, co
 
 
 def test_queue_grows_when_preservation_loss_exceeds_threshold(llama, tokenizer, corpus, tmp_path):
-    s = make_strategy(llama, tokenizer, corpus, tmp_path, alpha=1.0)  # tight threshold: D_bar = D_base
+    # tight threshold with the paper's rule: D_bar = D_base of the first (one-edit) batch
+    s = make_strategy(llama, tokenizer, corpus, tmp_path, alpha=1.0, queue_reference_batch=None)
     for f in FACTS[:4]:
         s.apply([stored(*f)])
     ws = [t["layers"]["2"]["w_used"] for t in s.telemetry]
     assert ws[0] == 1.0 and ws[1] == 1.0
     assert max(ws[2:]) > 1.0, ws
+    s.detach()
+
+
+def test_queue_threshold_refers_to_the_reference_batch(llama, tokenizer, corpus, tmp_path):
+    """One edit at a time with ``queue_reference_batch=50``: the threshold is 50·α·D_base, so the same four edits
+    that bind the paper's rule (previous test) leave the weight at 1."""
+    s = make_strategy(llama, tokenizer, corpus, tmp_path, alpha=1.0, queue_reference_batch=50)
+    for f in FACTS[:4]:
+        s.apply([stored(*f)])
+    first = s.telemetry[0]["layers"]["2"]
+    assert first["threshold"] == pytest.approx(50.0 * first["D"])
+    assert [t["layers"]["2"]["w_used"] for t in s.telemetry] == [1.0] * 4
     s.detach()
 
 
@@ -235,7 +248,7 @@ def test_forget_by_replay_equals_never_edited(llama, tokenizer, corpus, tmp_path
 @pytest.mark.parametrize("variant", ["lyaplock", "memit_seq", "alphaedit"])
 def test_reopen_continues_like_never_closed(llama, tokenizer, corpus, tmp_path, variant):
     facts = [stored(*f) for f in FACTS[:4]]
-    kwargs = dict(variant=variant, alpha=1.0, nullspace_variance_share=0.3)
+    kwargs = dict(variant=variant, alpha=1.0, queue_reference_batch=None, nullspace_variance_share=0.3)
     one = make_strategy(llama, tokenizer, corpus, tmp_path, name="one", **kwargs)
     for f in facts:
         one.apply([f])

@@ -67,7 +67,12 @@ class LyapLockConfig(StrategyConfig):
         layers: edited layers (their MLP out-projection); None = five layers from 10 % depth.
         mom2_update_weight: λ, weight of the corpus-key statistics; None = ``λ_per_width · d_in`` with the
             per-variant constants of :data:`LAMBDA_PER_WIDTH` (LyapLock 100, MEMIT 2000 at d_in = 1536).
-        alpha: LyapLock's threshold multiplier, ``D̄ = α·D_base``.
+        alpha: LyapLock's threshold multiplier, ``D̄ = α·D_base`` (times ``queue_reference_batch / b₀``, below).
+        queue_reference_batch: the batch size α refers to. The threshold is ``α·D_base·(queue_reference_batch/b₀)``
+            with ``b₀`` the size of the first batch, so α keeps the paper's meaning (α batches of 100 edits) when edits
+            arrive one at a time: with the paper's rule (``None``) ``D_base`` is one edit's drift at batch 1, the
+            queue binds after ~55 edits and later edits stop landing (ZsRE T = 100: Rel. 0.53 instead of 0.94).
+            Batches of 100 get the paper's rule exactly.
         lyapunov_V: LyapLock's trade-off weight ``V`` on the edit and previous-edit terms.
         queue_b: constant queue drift ``b``.
         l2: AlphaEdit's ridge ``L2``.
@@ -113,6 +118,7 @@ class LyapLockConfig(StrategyConfig):
     layers: list[int] | None = None
     mom2_update_weight: float | None = None
     alpha: float = 60.0
+    queue_reference_batch: int | None = 100
     lyapunov_V: float = 1.0
     queue_b: float = 0.0
     l2: float = 10.0
@@ -153,6 +159,8 @@ class LyapLockConfig(StrategyConfig):
         resolve_dtype(self.train_dtype, field="LyapLockConfig.train_dtype")
         if not 0.0 < self.nullspace_variance_share < 1.0:
             raise ValueError(f"LyapLockConfig.nullspace_variance_share must be in (0, 1), got {self.nullspace_variance_share}")
+        if self.queue_reference_batch is not None and self.queue_reference_batch < 1:
+            raise ValueError(f"LyapLockConfig.queue_reference_batch must be >= 1 or None, got {self.queue_reference_batch}")
         if self.v_num_grad_steps < 1 or self.z_chunk < 1 or self.stats_max_len < 2:
             raise ValueError("LyapLockConfig: v_num_grad_steps and z_chunk must be >= 1, stats_max_len >= 2")
 
@@ -239,7 +247,8 @@ class LyapLockStrategy(Strategy):
                                               fingerprint=self._fingerprint(), progress=cfg.progress)
             self.stats_meta = {str(l): {"n_tokens": s.n_tokens, "source": s.meta.get("corpus") or "model-sampled",
                                         "sampled_tokens": s.meta.get("sampled_tokens")} for l, s in stats.items()}
-            solver = SolverParams(variant=cfg.variant, lam=self.lam, alpha=cfg.alpha, V=cfg.lyapunov_V, b=cfg.queue_b, l2=cfg.l2,
+            solver = SolverParams(variant=cfg.variant, lam=self.lam, alpha=cfg.alpha, V=cfg.lyapunov_V, b=cfg.queue_b,
+                                  queue_reference_batch=cfg.queue_reference_batch, l2=cfg.l2,
                                   nullspace_variance_share=cfg.nullspace_variance_share, nullspace_threshold=cfg.nullspace_threshold)
             values = ValueParams(v_lr=cfg.v_lr, v_num_grad_steps=cfg.v_num_grad_steps, v_weight_decay=cfg.v_weight_decay,
                                  clamp_norm_factor=cfg.clamp_norm_factor, kl_factor=cfg.kl_factor, train_dtype=cfg.train_dtype,

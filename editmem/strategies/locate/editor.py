@@ -47,6 +47,7 @@ class SolverParams:
     alpha: float = 60.0
     V: float = 1.0
     b: float = 0.0
+    queue_reference_batch: int | None = 100
     l2: float = 10.0
     nullspace_variance_share: float = 0.02
     nullspace_threshold: float | None = None
@@ -104,7 +105,7 @@ class LocateEditor:
         return self.adapter.mlp_out_weight(layer)
 
     def reset_state(self) -> None:
-        self.state = {l: LayerState(queue=QueueState(alpha=self.solver.alpha, V=self.solver.V, b=self.solver.b)) for l in self.layers}
+        self.state = {l: LayerState(queue=QueueState(alpha=self.solver.alpha, V=self.solver.V, b=self.solver.b, reference_batch=self.solver.queue_reference_batch)) for l in self.layers}
         self.n_batches = 0
 
     # -- one batch ---------------------------------------------------------------------------
@@ -150,7 +151,7 @@ class LocateEditor:
                 st.S_KK = K @ K.T if st.S_KK is None else st.S_KK + K @ K.T
                 st.S_VK = V_new @ K.T if st.S_VK is None else st.S_VK + V_new @ K.T
             D = preservation_loss(W_new, self.W0[layer], self.C[layer])
-            st.queue.update(D)
+            st.queue.update(D, len(requests))
             per_layer[str(layer)] = {
                 "D": D,
                 "threshold": st.queue.threshold,

@@ -117,32 +117,43 @@ class QueueState:
     ``D_base`` is the preservation loss right after the first batch that changed the layer; until then the
     queue is uninitialised and ``w = 1`` (a first batch that changes nothing would give ``D_base = 0``, a zero
     threshold and ``a = ∞`` — pitfall 4).
+
+    The threshold is ``D̄ = α·D_base·scale``. The paper's rule is ``scale = 1``, so ``D̄`` depends on the size of
+    the first batch: at batch 1 it is α single edits' worth of drift and the queue stops new edits after ~α
+    edits. With ``reference_batch`` set, ``scale = reference_batch / b₀`` (``b₀`` = edits in that first batch),
+    so ``D̄`` means "α batches of ``reference_batch`` edits" whatever batch size the edits arrive in (``D`` grows
+    linearly with the number of edits written, measured in docs/strategies/lyaplock.md). ``b₀ =
+    reference_batch`` is the paper's rule exactly.
     """
 
     alpha: float = 60.0
     V: float = 1.0
     b: float = 0.0
+    reference_batch: int | None = None
     D_base: float | None = None
+    scale: float = 1.0
     a: float | None = None
     Z: float | None = None
     zmax: float | None = None
 
     @property
     def threshold(self) -> float | None:
-        return None if self.D_base is None else self.alpha * self.D_base
+        return None if self.D_base is None else self.alpha * self.D_base * self.scale
 
     @property
     def weight(self) -> float:
         return 1.0 if self.a is None or self.Z is None else self.a * self.Z
 
-    def update(self, D_t: float) -> None:
-        """After the layer's update in a batch: initialise on the first non-zero ``D``, then
+    def update(self, D_t: float, n_edits: int | None = None) -> None:
+        """After the layer's update in a batch of ``n_edits`` edits: initialise on the first non-zero ``D``, then
         ``Z ← max(Z + a(D_t − D̄) + b, zmax)`` (``zmax`` is a floor, as in the reference)."""
         if self.D_base is None:
             if not D_t > 0.0:
                 return
             self.D_base = D_t
-            bar = self.alpha * D_t
+            if self.reference_batch is not None and n_edits:
+                self.scale = self.reference_batch / n_edits
+            bar = self.threshold
             self.a = 1.0 / math.sqrt(bar)
             self.Z = math.sqrt(bar)
             self.zmax = math.sqrt(bar)
