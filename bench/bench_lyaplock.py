@@ -3,7 +3,7 @@
 Subcommands::
 
     python bench/bench_lyaplock.py cf-curve --variant lyaplock --n 1000 --batch 100 --out results/lyaplock/cf_lyaplock
-    python bench/bench_lyaplock.py speed --threads 2 --out results/lyaplock/speed.json
+    python bench/bench_lyaplock.py speed --threads 2 --fresh-stats --out results/lyaplock/speed.json
     python bench/bench_lyaplock.py plot results/lyaplock/cf_lyaplock results/lyaplock/cf_memit_seq ... --out results/lyaplock/cf_curve.png
 
 ``cf-curve`` writes CounterFact edits in batches straight through the strategy (the same ``apply`` the SDK and the
@@ -166,13 +166,21 @@ def cmd_speed(args) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     records = json.loads((DATA / "zsre_eval_1000.json").read_text())
-    from editmem.strategies.locate.stats import load_or_collect_stats
+    overrides = json.loads(args.config) if args.config else {}
+    res: dict = {"threads": args.threads, "variant": args.variant, "config": overrides}
+    strategy = _strategy(loaded, args.variant, out.parent / f"speed_{args.variant}", overrides)
+    if args.fresh_stats:
+        # the one-off statistics pass, timed without the cache (nothing is written)
+        from editmem.strategies.locate.stats import collect_stats
 
-    res: dict = {"threads": args.threads}
-    strategy = _strategy(loaded, args.variant, out.parent / f"speed_{args.variant}", {})
-    # one-off statistics (from the cache when present; --fresh-stats recollects into a temporary home)
+        t = time.time()
+        fresh = collect_stats(loaded.model, loaded.tokenizer, strategy.adapter, strategy.layers, strategy.stats_source())
+        res["stats_fresh_s"] = round(time.time() - t, 1)
+        res["stats_layers"] = strategy.layers
+        res["stats_tokens"] = next(iter(fresh.values())).n_tokens
+        print(res, flush=True)
     t = time.time()
-    strategy.editor()
+    strategy.editor()  # templates + statistics from the cache + projector
     res["prepare_s (templates + cached stats + projector)"] = round(time.time() - t, 2)
     res["stats_meta"] = strategy.stats_meta
     for size, count in ((1, args.single), (args.big, 1)):
@@ -234,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--single", type=int, default=5, help="edits timed one at a time")
     s.add_argument("--big", type=int, default=100, help="size of the batch timed once")
+    s.add_argument("--config", default="", help="JSON object of LyapLockConfig overrides")
+    s.add_argument("--fresh-stats", action="store_true", help="also time the statistics pass without the cache")
     s.add_argument("--out", required=True)
     g = sub.add_parser("plot")
     g.add_argument("dirs", nargs="+")

@@ -160,3 +160,12 @@ def test_alphaedit_update_lies_in_null_space(problem):
     # absolute-threshold rule selects by eigenvalue
     _, n_abs = nullspace_projector(p["C"], threshold=float(evals[2]) + 1e-12)
     assert n_abs == 3
+
+
+def test_default_layers_are_contiguous_and_inside_the_model():
+    from editmem.strategies.lyaplock import default_layers
+
+    for n in range(1, 65):
+        layers = default_layers(n)
+        assert layers and layers == list(range(layers[0], layers[-1] + 1)) and 0 <= layers[0] and layers[-1] < n
+    assert default_layers(30) == list(range(2, 10))  # SmolLM2-135M: the eight layers measured in docs/strategies/lyaplock.md
