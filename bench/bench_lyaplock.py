@@ -107,6 +107,16 @@ def heldout_ppl(model, tokenizer, lines: list[str], max_len: int = 256, batch: i
     return math.exp(total / count)
 
 
+def heldout_ppls(model, tokenizer, lines: list[str]) -> dict[str, float]:
+    """Perplexity of the held-out lines, all together and split by kind: the shared corpus is mostly one-line
+    CounterFact/ZsRE *train* facts written as sentences (relation-level damage shows there first) plus a few
+    web passages (plain text, ≥ 30 words)."""
+    passages = [x for x in lines if len(x.split()) >= 30]
+    facts = [x for x in lines if len(x.split()) < 30]
+    parts = {"all": lines, "passages": passages, "facts": facts}
+    return {name: heldout_ppl(model, tokenizer, part) for name, part in parts.items() if part}
+
+
 def cmd_cf_curve(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,10 +128,11 @@ def cmd_cf_curve(args) -> None:
     from editmem.strategies.locate.stats import corpus_split
 
     _, held = corpus_split(strategy.stats_source().corpus, strategy.config.stats_holdout_every)
-    held = held[: args.ppl_lines]
+    held = held[: args.ppl_lines] + [x for x in held[args.ppl_lines :] if len(x.split()) >= 30]  # every held-out passage
     probe = records[: args.batch]
     t0 = time.time()
-    base = {"ppl": heldout_ppl(model, tok, held), "probe": cf_metrics(model, tok, probe), "all": cf_metrics(model, tok, records) if args.base_all else None}
+    base_ppl = heldout_ppls(model, tok, held)
+    base = {"ppl": base_ppl["all"], "ppl_split": base_ppl, "probe": cf_metrics(model, tok, probe), "all": cf_metrics(model, tok, records) if args.base_all else None}
     result = {"variant": args.variant, "n": args.n, "batch": args.batch, "threads": args.threads, "config": strategy.config.to_dict(),
               "lambda": strategy.lam, "base": base, "base_eval_s": round(time.time() - t0, 1), "curve": []}
     strategy.attach()
@@ -147,14 +158,18 @@ def cmd_cf_curve(args) -> None:
             "z_loss": tel.get("z_loss"),
             "probe_first_batch": cf_metrics(model, tok, probe),
             "this_batch": cf_metrics(model, tok, part),
-            "ppl": heldout_ppl(model, tok, held),
+            "ppl_split": heldout_ppls(model, tok, held),
         }
+        point["ppl"] = point["ppl_split"]["all"]
         point["ppl_ratio"] = point["ppl"] / base["ppl"]
+        point["ppl_ratio_split"] = {k: v / base["ppl_split"][k] for k, v in point["ppl_split"].items() if k in base["ppl_split"]}
         point["eval_s"] = round(time.time() - t2, 1)
         result["curve"].append(point)
         (out / "curve.json").write_text(json.dumps(result, indent=1))
-        print(json.dumps({k: point[k] for k in ("n_edits", "s_per_edit", "D_sum", "threshold_sum", "ppl_ratio")}),
+        print(json.dumps({k: point[k] for k in ("n_edits", "s_per_edit", "D_sum", "threshold_sum", "ppl_ratio", "ppl_ratio_split")}),
               point["probe_first_batch"], point["this_batch"], flush=True)
+    if args.save:
+        strategy.save()  # edited weights + solver state under <out>/artifacts, for later re-evaluation
     result["final"] = cf_metrics(model, tok, records)
     result["final_ppl_ratio"] = result["curve"][-1]["ppl_ratio"] if result["curve"] else None
     (out / "curve.json").write_text(json.dumps(result, indent=1))
@@ -204,14 +219,17 @@ def cmd_plot(args) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
     for run in runs:
         xs = [p["n_edits"] for p in run["curve"]]
-        label = run["variant"]
-        axes[0].plot(xs, [p["D_sum"] for p in run["curve"]], marker="o", label=f"{label}: D")
+        label = run["variant"] + (f" α={run['config']['alpha']:g}" if run["variant"] == "lyaplock" else "")
+        line, = axes[0].plot(xs, [p["D_sum"] for p in run["curve"]], marker="o", label=f"{label}: D")
         if run["variant"] == "lyaplock" and run["curve"] and run["curve"][0]["threshold_sum"]:
-            axes[0].plot(xs, [p["threshold_sum"] for p in run["curve"]], "k--", label="lyaplock threshold α·D_base")
+            axes[0].plot(xs, [p["threshold_sum"] for p in run["curve"]], ls="--", color=line.get_color(), label=f"{label}: threshold")
         axes[1].plot(xs, [p["probe_first_batch"]["efficacy"] for p in run["curve"]], marker="o", label=f"{label}: ES first batch")
         axes[1].plot(xs, [p["this_batch"]["efficacy"] for p in run["curve"]], ls=":", label=f"{label}: ES newest batch")
         axes[2].plot(xs, [p["probe_first_batch"]["neighborhood"] for p in run["curve"]], marker="o", label=f"{label}: NS first batch")
-        axes[3].plot(xs, [p["ppl_ratio"] for p in run["curve"]], marker="o", label=label)
+        line, = axes[3].plot(xs, [p["ppl_ratio"] for p in run["curve"]], marker="o", label=f"{label}: all held-out lines")
+        if all("ppl_ratio_split" in p for p in run["curve"]):
+            axes[3].plot(xs, [p["ppl_ratio_split"]["passages"] for p in run["curve"]], ls="--", color=line.get_color(), label=f"{label}: web passages")
+    axes[3].axhline(1.10, ls=":", color="gray", label="bar: 1.10x")
     axes[0].set_yscale("log")
     axes[0].set_title("preservation loss D (sum over layers)")
     axes[1].set_title("efficacy (%)")
@@ -234,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--batch", type=int, default=100)
     c.add_argument("--threads", type=int, default=1)
     c.add_argument("--config", default="", help="JSON object of LyapLockConfig overrides")
-    c.add_argument("--ppl-lines", type=int, default=200)
+    c.add_argument("--ppl-lines", type=int, default=200, help="first held-out lines scored (plus every held-out passage)")
+    c.add_argument("--save", action="store_true", help="save the edited strategy state at the end")
     c.add_argument("--base-all", action="store_true", help="also score all records on the unedited model")
     c.add_argument("--out", required=True)
     s = sub.add_parser("speed")
