@@ -89,8 +89,8 @@ def cf_metrics(model, tokenizer, records: list[dict]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def heldout_ppl(model, tokenizer, lines: list[str], max_len: int = 256, batch: int = 16) -> float:
-    """Token-level perplexity of held-out corpus lines (mean NLL over all predicted tokens)."""
+def _nll_total(model, tokenizer, lines: list[str], max_len: int = 256, batch: int = 16) -> tuple[float, int]:
+    """Summed NLL over all predicted tokens of ``lines`` (each truncated to ``max_len`` tokens), and the token count."""
     from editmem.tokens import pad_batch
 
     total, count = 0.0, 0
@@ -104,17 +104,22 @@ def heldout_ppl(model, tokenizer, lines: list[str], max_len: int = 256, batch: i
         m = mask[:, 1:].bool()
         total += float(-(lp[m]).sum())
         count += int(m.sum())
-    return math.exp(total / count)
+    return total, count
+
+
+def _is_passage(line: str) -> bool:
+    """A web passage of the shared corpus (≥ 30 words), as opposed to a one-line fact sentence."""
+    return len(line.split()) >= 30
 
 
 def heldout_ppls(model, tokenizer, lines: list[str]) -> dict[str, float]:
     """Perplexity of the held-out lines, all together and split by kind: the shared corpus is mostly one-line
     CounterFact/ZsRE *train* facts written as sentences (relation-level damage shows there first) plus a few
-    web passages (plain text, ≥ 30 words)."""
-    passages = [x for x in lines if len(x.split()) >= 30]
-    facts = [x for x in lines if len(x.split()) < 30]
-    parts = {"all": lines, "passages": passages, "facts": facts}
-    return {name: heldout_ppl(model, tokenizer, part) for name, part in parts.items() if part}
+    web passages (plain text). Each line is scored once; ``all`` pools the two parts' token NLLs."""
+    sums = {"passages": _nll_total(model, tokenizer, [x for x in lines if _is_passage(x)]),
+            "facts": _nll_total(model, tokenizer, [x for x in lines if not _is_passage(x)])}
+    sums["all"] = (sum(t for t, _ in sums.values()), sum(c for _, c in sums.values()))
+    return {name: math.exp(t / c) for name, (t, c) in sums.items() if c}
 
 
 def cmd_cf_curve(args) -> None:
@@ -128,7 +133,7 @@ def cmd_cf_curve(args) -> None:
     from editmem.strategies.locate.stats import corpus_split
 
     _, held = corpus_split(strategy.stats_source().corpus, strategy.config.stats_holdout_every)
-    held = held[: args.ppl_lines] + [x for x in held[args.ppl_lines :] if len(x.split()) >= 30]  # every held-out passage
+    held = held[: args.ppl_lines] + [x for x in held[args.ppl_lines :] if _is_passage(x)]  # every held-out passage
     probe = records[: args.batch]
     t0 = time.time()
     base_ppl = heldout_ppls(model, tok, held)
