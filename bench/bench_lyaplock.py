@@ -5,13 +5,15 @@ Subcommands::
     python bench/bench_lyaplock.py cf-curve --variant lyaplock --n 1000 --batch 100 --out results/lyaplock/cf_lyaplock
     python bench/bench_lyaplock.py speed --threads 2 --fresh-stats --out results/lyaplock/speed.json
     python bench/bench_lyaplock.py plot results/lyaplock/cf_lyaplock results/lyaplock/cf_memit_seq ... --out results/lyaplock/cf_curve.png
+    python bench/bench_lyaplock.py table results/lyaplock/cf_lyaplock results/lyaplock/cf_memit_seq ...
 
 ``cf-curve`` writes CounterFact edits in batches straight through the strategy (the same ``apply`` the SDK and the
 evaluation harness call) and, after every batch, records the strategy's telemetry (preservation loss per layer
 against LyapLock's threshold, queue weight, update norms), the MEMIT-family probability metrics (EVALUATION.md
 §6.1) of the first batch's records (the forgetting probe) and of the batch just written, and the perplexity of
 held-out corpus text (lines the statistics never saw). At the end all records are scored on the final model.
-Everything is written to ``<out>/curve.json`` after each batch, so an interrupted run still leaves its curve.
+Everything is written to ``<out>/curve.json`` and ``<out>/curve.md`` (the same curve as a Markdown table) after each
+batch, so an interrupted run still leaves its curve. ``table`` re-renders the Markdown of existing runs.
 """
 
 from __future__ import annotations
@@ -122,6 +124,42 @@ def heldout_ppls(model, tokenizer, lines: list[str]) -> dict[str, float]:
     return {name: math.exp(t / c) for name, (t, c) in sums.items() if c}
 
 
+def curve_markdown(run: dict) -> str:
+    """One cf-curve run (``curve.json``) as a Markdown table: per batch the preservation loss against the
+    threshold, the queue weight of the top edited layer, ES / PS / NS of the first and newest batch, perplexity."""
+    layers = run["config"]["layers"]
+    top = str(max(layers))
+    alpha = f", α {run['config']['alpha']:g}" if run["variant"] == "lyaplock" else ""
+    base = run["base"]
+    lines = [f"### `{run['variant']}`{alpha}: {run['n']} CounterFact edits in batches of {run['batch']}, "
+             f"layers {min(layers)}–{top}, λ {run['lambda']:g}",
+             "",
+             f"Unedited: held-out perplexity {base['ppl']:.1f}; first batch ES / PS / NS "
+             f"{base['probe']['efficacy']:.0f} / {base['probe']['paraphrase']:.0f} / {base['probe']['neighborhood']:.0f}.",
+             "",
+             f"| edits | s per edit | `D_sum` | threshold | `w` used (layer {top}) | ES / PS / NS first batch "
+             "| ES / PS / NS newest batch | ppl ratio: all / passages / fact sentences |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for p in run["curve"]:
+        f, t = p["probe_first_batch"], p["this_batch"]
+        split = p.get("ppl_ratio_split", {})
+        ppl = " / ".join(f"{split[k]:.3f}" if k in split else "–" for k in ("passages", "facts"))
+        lines.append(f"| {p['n_edits']} | {p['s_per_edit']} | {p['D_sum']:.0f} | {p['threshold_sum']:.0f} | "
+                     f"{p['w_used'][top]:.2f} | {f['efficacy']:.0f} / {f['paraphrase']:.0f} / {f['neighborhood']:.0f} | "
+                     f"{t['efficacy']:.0f} / {t['paraphrase']:.0f} / {t['neighborhood']:.0f} | {p['ppl_ratio']:.3f} / {ppl} |")
+    if run.get("final"):
+        fin = run["final"]
+        lines += ["", f"All {run['n']} records on the final model: ES {fin['efficacy']:.1f}, PS {fin['paraphrase']:.1f}, "
+                  f"NS {fin['neighborhood']:.1f}."]
+    return "\n".join(lines) + "\n"
+
+
+def _write_curve(out: Path, result: dict) -> None:
+    """The run so far, as JSON and as a Markdown table."""
+    (out / "curve.json").write_text(json.dumps(result, indent=1))
+    (out / "curve.md").write_text(curve_markdown(result))
+
+
 def cmd_cf_curve(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,14 +208,14 @@ def cmd_cf_curve(args) -> None:
         point["ppl_ratio_split"] = {k: v / base["ppl_split"][k] for k, v in point["ppl_split"].items() if k in base["ppl_split"]}
         point["eval_s"] = round(time.time() - t2, 1)
         result["curve"].append(point)
-        (out / "curve.json").write_text(json.dumps(result, indent=1))
+        _write_curve(out, result)
         print(json.dumps({k: point[k] for k in ("n_edits", "s_per_edit", "D_sum", "threshold_sum", "ppl_ratio", "ppl_ratio_split")}),
               point["probe_first_batch"], point["this_batch"], flush=True)
     if args.save:
         strategy.save()  # edited weights + solver state under <out>/artifacts, for later re-evaluation
     result["final"] = cf_metrics(model, tok, records)
     result["final_ppl_ratio"] = result["curve"][-1]["ppl_ratio"] if result["curve"] else None
-    (out / "curve.json").write_text(json.dumps(result, indent=1))
+    _write_curve(out, result)
     print("final", result["final"], flush=True)
 
 
@@ -212,6 +250,13 @@ def cmd_speed(args) -> None:
         print(res, flush=True)
     strategy.detach()
     out.write_text(json.dumps(res, indent=1))
+
+
+def cmd_table(args) -> None:
+    for d in args.dirs:
+        markdown = curve_markdown(json.loads((Path(d) / "curve.json").read_text()))
+        (Path(d) / "curve.md").write_text(markdown)
+        print(markdown)
 
 
 def cmd_plot(args) -> None:
@@ -272,8 +317,10 @@ def main(argv: list[str] | None = None) -> None:
     g = sub.add_parser("plot")
     g.add_argument("dirs", nargs="+")
     g.add_argument("--out", required=True)
+    t = sub.add_parser("table", help="re-render <dir>/curve.md from <dir>/curve.json")
+    t.add_argument("dirs", nargs="+")
     args = p.parse_args(argv)
-    {"cf-curve": cmd_cf_curve, "speed": cmd_speed, "plot": cmd_plot}[args.cmd](args)
+    {"cf-curve": cmd_cf_curve, "speed": cmd_speed, "plot": cmd_plot, "table": cmd_table}[args.cmd](args)
 
 
 if __name__ == "__main__":
