@@ -382,3 +382,46 @@ def test_train_dtype_is_validated():
         LyapLockConfig(train_dtype="float16")
     with pytest.raises(ValueError):
         ValueParams(train_dtype="half")
+
+
+def test_telemetry_rows_report_drift_and_replays(llama, tokenizer, corpus, tmp_path):
+    from editmem.eval.report import telemetry_section
+
+    facts = [stored(*f) for f in FACTS[:3]]
+    s = make_strategy(llama, tokenizer, corpus, tmp_path)
+    s.apply(facts[:2])
+    s.apply(facts[2:])
+    rows = s.telemetry_rows()
+    assert [r["write"] for r in rows] == [0, 1] and [r["facts"] for r in rows] == [2, 1]
+    assert rows[1]["D_sum"] == pytest.approx(s.telemetry[-1]["D_sum"]) and rows[1]["D_sum"] > rows[0]["D_sum"] > 0
+    drift = sum(float((s.edited[l].double() - s.W0[l].double()).norm()) ** 2 for l in s.layers) ** 0.5
+    assert rows[1]["drift_fro"] == pytest.approx(drift, rel=1e-6)
+    assert rows[0]["update_fro"] == pytest.approx(rows[0]["drift_fro"], rel=1e-6)  # the first write starts at W0
+    assert rows[0]["w_used_max"] == 1.0 and rows[0]["z_loss"] is not None
+
+    s.remove([facts[0].id], active=facts[1:])
+    rows = s.telemetry_rows()
+    assert [r["write"] for r in rows] == [0, 1, "replay"] and rows[-1]["facts"] == -1
+    markdown = "\n".join(telemetry_section(rows))
+    assert "## Strategy telemetry" in markdown and f"{rows[1]['D_sum']:.4g}" in markdown and "| replay |" in markdown
+
+
+def test_eval_report_carries_the_strategy_telemetry(tiny_loaded, corpus, tmp_path):
+    import json
+
+    from editmem.eval.report import REPORT_FILE
+    from editmem.eval.runner import run_eval
+
+    records = [{"subject": f"Entity{i}", "src": f"Where was Entity{i} born?", "rephrase": f"Entity{i} was born in which town?",
+                "alt": f"Town {i}", "answers": ["Nowhere"], "loc": "nq question: who wrote emma", "loc_ans": "Jane Austen",
+                "case_id": i} for i in range(3)]
+    path = tmp_path / "zsre.json"
+    path.write_text(json.dumps(records))
+    config = dict(layers=[0, 1], stats_corpus=corpus, v_num_grad_steps=4, mom2_update_weight=5.0)  # a 2-layer model
+    result = run_eval("lyaplock", str(path), n=3, config=config, model=tiny_loaded, generation=False, fluency=False,
+                      out_dir=tmp_path / "out", store_dir=tmp_path / "store")
+    rows = result.strategy_telemetry
+    assert [r["write"] for r in rows] == [0, 1, 2] and all(r["facts"] == 1 for r in rows)
+    assert rows[0]["D_sum"] < rows[1]["D_sum"] < rows[2]["D_sum"]
+    report = (tmp_path / "out" / REPORT_FILE).read_text()
+    assert "## Strategy telemetry" in report and f"{rows[2]['D_sum']:.4g}" in report

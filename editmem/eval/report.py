@@ -37,6 +37,31 @@ def _fmt(value: float | None, key: str = "") -> str:
     return f"{value:.4f}"
 
 
+#: at most this many telemetry rows in ``report.md`` (evenly spaced, the last always shown); all are in results.json
+MAX_TELEMETRY_ROWS = 25
+
+
+def telemetry_section(rows: Sequence[dict]) -> list[str]:
+    """Markdown of a strategy's per-write diagnostics (``EvalResult.strategy_telemetry``)."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    step = -(-len(rows) // MAX_TELEMETRY_ROWS)
+    shown = list(rows[::step])
+    if shown[-1] is not rows[-1]:
+        shown.append(rows[-1])
+
+    def cell(value) -> str:
+        if value is None:
+            return "—"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["## Strategy telemetry (per write)", ""]
+    if step > 1:
+        lines += [f"Every {step}th of {len(rows)} writes and the last; all of them are in `{RESULTS_FILE}`.", ""]
+    lines += ["| " + " | ".join(keys) + " |", "|" + " ---: |" * len(keys)]
+    lines += ["| " + " | ".join(cell(row.get(k)) for k in keys) + " |" for row in shown]
+    return lines + [""]
+
+
 def run_label(result: EvalResult) -> str:
     return f"{result.strategy} · {result.kind} · T={result.n}"
 
@@ -74,6 +99,8 @@ def render_report(result: EvalResult) -> str:
         for point in result.curve:
             lines.append(f"| {point.n_edits} | " + " | ".join(_fmt(point.metrics.get(k), k) for k in keys) + " |")
         lines.append("")
+    if result.strategy_telemetry:
+        lines += telemetry_section(result.strategy_telemetry)
     lines += [
         "## Timings", "",
         "| stage | seconds |", "| --- | ---: |",

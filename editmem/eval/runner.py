@@ -95,6 +95,9 @@ class EvalResult(BaseModel):
     curve: list[CurvePoint] = Field(default_factory=list)
     timings: dict[str, Any] = Field(default_factory=dict)
     counters: dict[str, int] = Field(default_factory=dict)
+    strategy_telemetry: list[dict[str, Any]] = Field(default_factory=list)
+    """The strategy's per-write diagnostics (``Strategy.telemetry_rows``), e.g. LyapLock's preservation loss
+    against its threshold; empty for strategies that keep none."""
     per_record: list[RecordOutcome] = Field(default_factory=list)
     versions: dict[str, str] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
@@ -365,6 +368,7 @@ def run_eval(
                         "decoding": "greedy", "batch": gen_rows},
             metrics=final_metrics, pre_metrics=summarize(pre, kind), curve=curve, timings=timings,
             counters=counters, versions=_versions(), notes=notes,
+            strategy_telemetry=[] if strategy == NO_STRATEGY else llm.strategy.telemetry_rows(),
             per_record=[
                 RecordOutcome(index=i, case_id=r.case_id, fact_id=r.fact.id, prompt=r.fact.prompt,
                               target=r.fact.target, pre=pre[i], post=post[i])

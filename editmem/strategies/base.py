@@ -17,6 +17,7 @@ method                 required  what it does
 ``attach()/detach()``  no        install / remove hooks or weight deltas (detach = base model, bit for bit)
 ``rewrite_query()``    no        the query restated with retrieved facts (in-context strategies only)
 ``explain(prompt)``    no        which stored facts influence an answer to ``prompt``, with scores
+``telemetry_rows()``   no        per-write diagnostics for reports (one flat row per write)
 =====================  ========  ===============================================================
 """
 
@@ -242,6 +243,11 @@ class Strategy(ABC):
     def explain(self, prompt: str) -> EditTrace:
         """Which stored facts influence an answer to ``prompt``, with scores."""
         return EditTrace(strategy=self.name, details={"note": "this strategy does not implement explain()"})
+
+    def telemetry_rows(self) -> list[dict[str, Any]]:
+        """One flat row (scalars only) per write since the strategy was built or last replayed, for evaluation
+        reports; ``[]`` for strategies that keep no per-write diagnostics."""
+        return []
 
 
 # -- registry --------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -402,6 +403,29 @@ class LyapLockStrategy(Strategy):
         return set(self.facts)
 
     # -- inspection --------------------------------------------------------------------------
+    def telemetry_rows(self) -> list[dict[str, Any]]:
+        """Per write: facts, preservation loss against the queue threshold (sums over the edited layers), the
+        largest queue weight used, update and drift norms (Frobenius over all edited layers), value loss (None
+        where cached values were reused). A replay (forget / supersede) starts the list afresh: the writes it redid,
+        then a row ``write="replay"`` whose ``facts`` is minus the number of facts removed."""
+        rows: list[dict[str, Any]] = []
+        for t in self.telemetry:
+            if t.get("replay"):
+                rows.append({"write": "replay", "facts": -len(t.get("removed", []))})
+                continue
+            layers = t["layers"].values()
+            rows.append({
+                "write": t["batch"],
+                "facts": t["n"],
+                "D_sum": t["D_sum"],
+                "threshold_sum": t["threshold_sum"],
+                "w_used_max": max(v["w_used"] for v in layers),
+                "update_fro": math.sqrt(sum(v["delta_fro"] ** 2 for v in layers)),
+                "drift_fro": math.sqrt(sum(v["drift_fro"] ** 2 for v in layers)),
+                "z_loss": t.get("z_loss"),
+            })
+        return rows
+
     def explain(self, prompt: str) -> EditTrace:
         """Which stored facts were written into which layers. A weight edit has no per-query gate, so this cannot
         say which fact (if any) shaped an answer: ``fact_ids`` stays empty; facts whose subject occurs in the prompt
