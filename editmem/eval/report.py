@@ -56,7 +56,7 @@ def telemetry_section(rows: Sequence[dict]) -> list[str]:
 
     lines = ["## Strategy telemetry (per write)", ""]
     if step > 1:
-        lines += [f"Every {step}th of {len(rows)} writes and the last; all of them are in `{RESULTS_FILE}`.", ""]
+        lines += [f"One write in {step} of {len(rows)}, and the last; all of them are in `{RESULTS_FILE}`.", ""]
     lines += ["| " + " | ".join(keys) + " |", "|" + " ---: |" * len(keys)]
     lines += ["| " + " | ".join(cell(row.get(k)) for k in keys) + " |" for row in shown]
     return lines + [""]
