@@ -252,11 +252,37 @@ def cmd_speed(args) -> None:
     out.write_text(json.dumps(res, indent=1))
 
 
+def run_label(run: dict) -> str:
+    return run["variant"] + (f" α={run['config']['alpha']:g}" if run["variant"] == "lyaplock" else "")
+
+
+def compare_markdown(runs: list[dict]) -> str:
+    """Several cf-curve runs side by side: per edit count, each run's ``D_sum`` and perplexity ratio (all held-out
+    lines; web passages where measured), and the final scores on all records."""
+    head = "| edits | " + " | ".join(f"{run_label(r)}: `D_sum` / ppl ratio" for r in runs) + " |"
+    lines = [head, "|" + " --- |" * (len(runs) + 1)]
+    points = [{p["n_edits"]: p for p in r["curve"]} for r in runs]
+    for n in sorted(set().union(*points)):
+        cells = []
+        for by_n in points:
+            p = by_n.get(n)
+            passages = p.get("ppl_ratio_split", {}).get("passages") if p else None
+            cells.append("–" if p is None else f"{p['D_sum']:.0f} / {p['ppl_ratio']:.2f}x" + (f" (passages {passages:.2f}x)" if passages else ""))
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    finals = [r.get("final") for r in runs]
+    lines.append("| all records, final model: ES / PS / NS | " + " | ".join(
+        "–" if not f else f"{f['efficacy']:.1f} / {f['paraphrase']:.1f} / {f['neighborhood']:.1f}" for f in finals) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def cmd_table(args) -> None:
-    for d in args.dirs:
-        markdown = curve_markdown(json.loads((Path(d) / "curve.json").read_text()))
+    runs = [json.loads((Path(d) / "curve.json").read_text()) for d in args.dirs]
+    for d, run in zip(args.dirs, runs):
+        markdown = curve_markdown(run)
         (Path(d) / "curve.md").write_text(markdown)
         print(markdown)
+    if len(runs) > 1:
+        print(compare_markdown(runs))
 
 
 def cmd_plot(args) -> None:
@@ -269,7 +295,7 @@ def cmd_plot(args) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
     for run in runs:
         xs = [p["n_edits"] for p in run["curve"]]
-        label = run["variant"] + (f" α={run['config']['alpha']:g}" if run["variant"] == "lyaplock" else "")
+        label = run_label(run)
         line, = axes[0].plot(xs, [p["D_sum"] for p in run["curve"]], marker="o", label=f"{label}: D")
         if run["variant"] == "lyaplock" and run["curve"] and run["curve"][0]["threshold_sum"]:
             axes[0].plot(xs, [p["threshold_sum"] for p in run["curve"]], ls="--", color=line.get_color(), label=f"{label}: threshold")
@@ -317,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     g = sub.add_parser("plot")
     g.add_argument("dirs", nargs="+")
     g.add_argument("--out", required=True)
-    t = sub.add_parser("table", help="re-render <dir>/curve.md from <dir>/curve.json")
+    t = sub.add_parser("table", help="re-render <dir>/curve.md from <dir>/curve.json; several dirs: also side by side")
     t.add_argument("dirs", nargs="+")
     args = p.parse_args(argv)
     {"cf-curve": cmd_cf_curve, "speed": cmd_speed, "plot": cmd_plot, "table": cmd_table}[args.cmd](args)
