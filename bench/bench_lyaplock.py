@@ -6,6 +6,7 @@ Subcommands::
     python bench/bench_lyaplock.py speed --threads 2 --fresh-stats --out results/lyaplock/speed.json
     python bench/bench_lyaplock.py plot results/lyaplock/cf_lyaplock results/lyaplock/cf_memit_seq ... --out results/lyaplock/cf_curve.png
     python bench/bench_lyaplock.py table results/lyaplock/cf_lyaplock results/lyaplock/cf_memit_seq ...
+    python bench/bench_lyaplock.py drift results/lyaplock/cf_memit_seq --variant memit_seq   (a run saved with --save)
 
 ``cf-curve`` writes CounterFact edits in batches straight through the strategy (the same ``apply`` the SDK and the
 evaluation harness call) and, after every batch, records the strategy's telemetry (preservation loss per layer
@@ -131,8 +132,9 @@ def curve_markdown(run: dict) -> str:
     top = str(max(layers))
     alpha = f", α {run['config']['alpha']:g}" if run["variant"] == "lyaplock" else ""
     base = run["base"]
+    reg = f"L2 {run['config']['l2']:g}" if run["variant"] == "alphaedit" else f"λ {run['lambda']:g}"
     lines = [f"### `{run['variant']}`{alpha}: {run['n']} CounterFact edits in batches of {run['batch']}, "
-             f"layers {min(layers)}–{top}, λ {run['lambda']:g}",
+             f"layers {min(layers)}–{top}, {reg}",
              "",
              f"Unedited: held-out perplexity {base['ppl']:.1f}; first batch ES / PS / NS "
              f"{base['probe']['efficacy']:.0f} / {base['probe']['paraphrase']:.0f} / {base['probe']['neighborhood']:.0f}.",
@@ -285,6 +287,64 @@ def cmd_table(args) -> None:
         print(compare_markdown(runs))
 
 
+@torch.no_grad()
+def _layer_io(model, tokenizer, adapter, layers: list[int], lines: list[str]) -> tuple[dict, dict]:
+    """Keys (inputs of ``mlp_out``) of ``layers`` and residual-stream states, at every real token of ``lines``."""
+    from editmem.interventions import capture
+    from editmem.tokens import pad_batch
+
+    keys: dict[int, list] = {l: [] for l in layers}
+    hidden: dict[int, list] = {}
+    rows = [tokenizer(x, truncation=True, max_length=256)["input_ids"] for x in lines]
+    for i in range(0, len(rows), 8):
+        ids, mask = pad_batch(rows[i : i + 8], tokenizer.pad_token_id, side="right")
+        with capture({str(l): adapter.module("mlp_out", l) for l in layers}, what="input") as seen:
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        m = mask.bool()
+        for l in layers:
+            keys[l].append(seen[str(l)][m].double())
+        for h in (max(layers) + 1, len(out.hidden_states) - 1):
+            hidden.setdefault(h, []).append(out.hidden_states[h][m].double())
+    return {l: torch.cat(v) for l, v in keys.items()}, {h: torch.cat(v) for h, v in hidden.items()}
+
+
+def cmd_drift(args) -> None:
+    """How much of the edited model's drift on held-out text the preservation loss sees.
+
+    ``D = tr((W−W0) C (W−W0)ᵀ)`` is each layer's drift on the keys of the *unedited* model, ``E‖(W−W0) k0‖²``;
+    the edited model's layer output moves by ``E‖W k1 − W0 k0‖²``, where ``k1`` also carries the edits of the
+    layers below. Both are measured on held-out passages and fact sentences of a run saved with ``--save``."""
+    from editmem.strategies.locate.stats import corpus_split
+
+    loaded = _load(args.threads)
+    run = json.loads((Path(args.dir) / "curve.json").read_text())
+    strategy = _strategy(loaded, args.variant, Path(args.dir), {"layers": run["config"]["layers"], "alpha": run["config"]["alpha"]})
+    if not strategy.load():
+        raise SystemExit(f"{args.dir}/artifacts holds no saved state for {args.variant} (run cf-curve with --save)")
+    _, held = corpus_split(strategy.stats_source().corpus, strategy.config.stats_holdout_every)
+    parts = {"passages": [x for x in held if _is_passage(x)][: args.lines], "facts": [x for x in held if not _is_passage(x)][: args.lines]}
+    adapter, layers = strategy.adapter, strategy.layers
+    result: dict = {"dir": args.dir, "variant": args.variant, "n_edits": run["curve"][-1]["n_edits"] if run["curve"] else 0, "lines_per_part": args.lines}
+    for name, lines in parts.items():
+        strategy.detach()
+        k0, h0 = _layer_io(loaded.model, loaded.tokenizer, adapter, layers, lines)
+        strategy.attach()
+        k1, h1 = _layer_io(loaded.model, loaded.tokenizer, adapter, layers, lines)
+        per_layer = {}
+        for l in layers:
+            W, W0 = adapter.mlp_out_weight(l).detach().double(), strategy.W0[l].double()
+            seen = float(((k0[l] @ (W - W0).T) ** 2).sum(1).mean())
+            actual = float(((k1[l] @ W.T - k0[l] @ W0.T) ** 2).sum(1).mean())
+            per_layer[str(l)] = {"D_form": seen, "actual": actual, "ratio": actual / seen}
+        result[name] = {
+            "layers": per_layer,
+            "ratio_summed": sum(v["actual"] for v in per_layer.values()) / sum(v["D_form"] for v in per_layer.values()),
+            "hidden_rel_change": {str(h): float(((h1[h] - h0[h]).norm(dim=1) / h0[h].norm(dim=1)).mean()) for h in h0},
+        }
+        print(name, {l: round(v["ratio"], 2) for l, v in per_layer.items()}, "summed", round(result[name]["ratio_summed"], 2), flush=True)
+    (Path(args.dir) / "drift_vs_D.json").write_text(json.dumps(result, indent=1))
+
+
 def cmd_plot(args) -> None:
     import matplotlib
 
@@ -293,18 +353,18 @@ def cmd_plot(args) -> None:
 
     runs = [json.loads((Path(d) / "curve.json").read_text()) for d in args.dirs]
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
-    for run in runs:
+    for i, run in enumerate(runs):
         xs = [p["n_edits"] for p in run["curve"]]
-        label = run_label(run)
-        line, = axes[0].plot(xs, [p["D_sum"] for p in run["curve"]], marker="o", label=f"{label}: D")
+        label, c = run_label(run), f"C{i}"  # one colour per run in every panel
+        axes[0].plot(xs, [p["D_sum"] for p in run["curve"]], marker="o", color=c, label=f"{label}: D")
         if run["variant"] == "lyaplock" and run["curve"] and run["curve"][0]["threshold_sum"]:
-            axes[0].plot(xs, [p["threshold_sum"] for p in run["curve"]], ls="--", color=line.get_color(), label=f"{label}: threshold")
-        axes[1].plot(xs, [p["probe_first_batch"]["efficacy"] for p in run["curve"]], marker="o", label=f"{label}: ES first batch")
-        axes[1].plot(xs, [p["this_batch"]["efficacy"] for p in run["curve"]], ls=":", label=f"{label}: ES newest batch")
-        axes[2].plot(xs, [p["probe_first_batch"]["neighborhood"] for p in run["curve"]], marker="o", label=f"{label}: NS first batch")
-        line, = axes[3].plot(xs, [p["ppl_ratio"] for p in run["curve"]], marker="o", label=f"{label}: all held-out lines")
+            axes[0].plot(xs, [p["threshold_sum"] for p in run["curve"]], ls="--", color=c, label=f"{label}: threshold")
+        axes[1].plot(xs, [p["probe_first_batch"]["efficacy"] for p in run["curve"]], marker="o", color=c, label=f"{label}: ES first batch")
+        axes[1].plot(xs, [p["this_batch"]["efficacy"] for p in run["curve"]], ls=":", color=c, label=f"{label}: ES newest batch")
+        axes[2].plot(xs, [p["probe_first_batch"]["neighborhood"] for p in run["curve"]], marker="o", color=c, label=f"{label}: NS first batch")
+        axes[3].plot(xs, [p["ppl_ratio"] for p in run["curve"]], marker="o", color=c, label=f"{label}: all held-out lines")
         if all("ppl_ratio_split" in p for p in run["curve"]):
-            axes[3].plot(xs, [p["ppl_ratio_split"]["passages"] for p in run["curve"]], ls="--", color=line.get_color(), label=f"{label}: web passages")
+            axes[3].plot(xs, [p["ppl_ratio_split"]["passages"] for p in run["curve"]], ls="--", color=c, label=f"{label}: web passages")
     axes[3].axhline(1.10, ls=":", color="gray", label="bar: 1.10x")
     axes[0].set_yscale("log")
     axes[0].set_title("preservation loss D (sum over layers)")
@@ -345,8 +405,13 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--out", required=True)
     t = sub.add_parser("table", help="re-render <dir>/curve.md from <dir>/curve.json; several dirs: also side by side")
     t.add_argument("dirs", nargs="+")
+    d = sub.add_parser("drift", help="preservation loss against the real drift on held-out text (a run saved with --save)")
+    d.add_argument("dir")
+    d.add_argument("--variant", required=True)
+    d.add_argument("--lines", type=int, default=30, help="held-out passages and fact sentences scored, each")
+    d.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    {"cf-curve": cmd_cf_curve, "speed": cmd_speed, "plot": cmd_plot, "table": cmd_table}[args.cmd](args)
+    {"cf-curve": cmd_cf_curve, "speed": cmd_speed, "plot": cmd_plot, "table": cmd_table, "drift": cmd_drift}[args.cmd](args)
 
 
 if __name__ == "__main__":
