@@ -287,25 +287,24 @@ def cmd_table(args) -> None:
         print(compare_markdown(runs))
 
 
-@torch.no_grad()
 def _layer_io(model, tokenizer, adapter, layers: list[int], lines: list[str]) -> tuple[dict, dict]:
-    """Keys (inputs of ``mlp_out``) of ``layers`` and residual-stream states, at every real token of ``lines``."""
-    from editmem.interventions import capture
-    from editmem.tokens import pad_batch
+    """Keys (inputs of ``mlp_out``) of ``layers`` and the outputs of the top edited block and of the last block,
+    at every real token of ``lines`` (float64)."""
+    from editmem.strategies.locate.forward import pad_id_of, read_activations, right_pad
 
+    blocks = [max(layers), adapter.num_layers - 1]
     keys: dict[int, list] = {l: [] for l in layers}
-    hidden: dict[int, list] = {}
+    hidden: dict[int, list] = {b: [] for b in blocks}
     rows = [tokenizer(x, truncation=True, max_length=256)["input_ids"] for x in lines]
     for i in range(0, len(rows), 8):
-        ids, mask = pad_batch(rows[i : i + 8], tokenizer.pad_token_id, side="right")
-        with capture({str(l): adapter.module("mlp_out", l) for l in layers}, what="input") as seen:
-            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        ids, mask = right_pad(rows[i : i + 8], pad_id_of(tokenizer), model.device)
+        k, h = read_activations(model, adapter, ids, mask, key_layers=layers, block_layers=blocks)
         m = mask.bool()
         for l in layers:
-            keys[l].append(seen[str(l)][m].double())
-        for h in (max(layers) + 1, len(out.hidden_states) - 1):
-            hidden.setdefault(h, []).append(out.hidden_states[h][m].double())
-    return {l: torch.cat(v) for l, v in keys.items()}, {h: torch.cat(v) for h, v in hidden.items()}
+            keys[l].append(k[l][m].double())
+        for b in blocks:
+            hidden[b].append(h[b][m].double())
+    return {l: torch.cat(v) for l, v in keys.items()}, {b: torch.cat(v) for b, v in hidden.items()}
 
 
 def cmd_drift(args) -> None:
@@ -339,7 +338,7 @@ def cmd_drift(args) -> None:
         result[name] = {
             "layers": per_layer,
             "ratio_summed": sum(v["actual"] for v in per_layer.values()) / sum(v["D_form"] for v in per_layer.values()),
-            "hidden_rel_change": {str(h): float(((h1[h] - h0[h]).norm(dim=1) / h0[h].norm(dim=1)).mean()) for h in h0},
+            "block_output_rel_change": {str(b): float(((h1[b] - h0[b]).norm(dim=1) / h0[b].norm(dim=1)).mean()) for b in h0},
         }
         print(name, {l: round(v["ratio"], 2) for l, v in per_layer.items()}, "summed", round(result[name]["ratio_summed"], 2), flush=True)
     (Path(args.dir) / "drift_vs_D.json").write_text(json.dumps(result, indent=1))
