@@ -6,7 +6,7 @@ Subcommands::
     python bench/bench_lyaplock.py speed --threads 2 --fresh-stats --out results/lyaplock/speed.json
     python bench/bench_lyaplock.py plot results/lyaplock/cf_lyaplock results/lyaplock/cf_memit_seq ... --out results/lyaplock/cf_curve.png
     python bench/bench_lyaplock.py table results/lyaplock/cf_lyaplock results/lyaplock/cf_memit_seq ...
-    python bench/bench_lyaplock.py drift results/lyaplock/cf_memit_seq --variant memit_seq   (a run saved with --save)
+    python bench/bench_lyaplock.py drift results/lyaplock/cf_memit_seq   (a run saved with --save)
 
 ``cf-curve`` writes CounterFact edits in batches straight through the strategy (the same ``apply`` the SDK and the
 evaluation harness call) and, after every batch, records the strategy's telemetry (preservation loss per layer
@@ -317,13 +317,14 @@ def cmd_drift(args) -> None:
 
     loaded = _load(args.threads)
     run = json.loads((Path(args.dir) / "curve.json").read_text())
-    strategy = _strategy(loaded, args.variant, Path(args.dir), {"layers": run["config"]["layers"], "alpha": run["config"]["alpha"]})
+    variant = args.variant or run["variant"]
+    strategy = _strategy(loaded, variant, Path(args.dir), {"layers": run["config"]["layers"], "alpha": run["config"]["alpha"]})
     if not strategy.load():
-        raise SystemExit(f"{args.dir}/artifacts holds no saved state for {args.variant} (run cf-curve with --save)")
+        raise SystemExit(f"{args.dir}/artifacts holds no saved state for {variant} (run cf-curve with --save)")
     _, held = corpus_split(strategy.stats_source().corpus, strategy.config.stats_holdout_every)
     parts = {"passages": [x for x in held if _is_passage(x)][: args.lines], "facts": [x for x in held if not _is_passage(x)][: args.lines]}
     adapter, layers = strategy.adapter, strategy.layers
-    result: dict = {"dir": args.dir, "variant": args.variant, "n_edits": run["curve"][-1]["n_edits"] if run["curve"] else 0, "lines_per_part": args.lines}
+    result: dict = {"dir": args.dir, "variant": variant, "n_edits": run["curve"][-1]["n_edits"] if run["curve"] else 0, "lines_per_part": args.lines}
     for name, lines in parts.items():
         strategy.detach()
         k0, h0 = _layer_io(loaded.model, loaded.tokenizer, adapter, layers, lines)
@@ -406,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("dirs", nargs="+")
     d = sub.add_parser("drift", help="preservation loss against the real drift on held-out text (a run saved with --save)")
     d.add_argument("dir")
-    d.add_argument("--variant", required=True)
+    d.add_argument("--variant", default=None, help="default: the variant recorded in <dir>/curve.json")
     d.add_argument("--lines", type=int, default=30, help="held-out passages and fact sentences scored, each")
     d.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
