@@ -7,7 +7,6 @@ Most tests run on tiny random Llama / GPT-2 models built locally (no download) w
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,8 +16,6 @@ from editmem.memory.artifacts import ArtifactStore
 from editmem.strategies import get_strategy
 from editmem.strategies.llp import LLPConfig, LLPStrategy
 from editmem.tokens import encode_prompt_target, pad_batch
-
-TOKENIZER_DIR = Path.home() / ".cache" / "editmem" / "models" / "smollm2-135m-instruct"
 
 FACT_A = Fact(subject="Watts Humphrey", prompt="What university did Watts Humphrey attend?", target="University of Michigan",
               rephrases=["What university did Watts Humphrey take part in?"])
@@ -33,15 +30,6 @@ TINY = dict(retrieval_layers=[0, 1], injection_layer=2, value_steps=8, value_lr=
 
 def stored(fact: Fact) -> StoredFact:
     return StoredFact(fact=fact, id=fact.id)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    if not (TOKENIZER_DIR / "tokenizer.json").is_file():
-        pytest.skip("SmolLM2 tokenizer not cached")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
 
 
 def _tiny_llama(tokenizer, attn: str = "sdpa"):
@@ -387,14 +375,8 @@ def test_eager_attention_and_gpt2(tokenizer, tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- embedded
 @pytest.mark.embedded
-def test_embedded_edit_changes_answer_and_paraphrase(tmp_path):
-    from editmem.models import ModelNotAvailableError, load_model
-
-    try:
-        loaded = load_model()
-    except ModelNotAvailableError:
-        pytest.skip("embedded model not installed")
-    model, tok = loaded.model, loaded.tokenizer
+def test_embedded_edit_changes_answer_and_paraphrase(tmp_path, embedded):
+    model, tok = embedded.model, embedded.tokenizer
     strategy = LLPStrategy(model, tok, LLPConfig(), ArtifactStore(tmp_path / "artifacts"))
     strategy.attach()
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +12,6 @@ from editmem.strategies import get_strategy
 from editmem.strategies.locate import StatsSource, build_rows, compute_values, load_or_collect_stats, make_request
 from editmem.strategies.locate.values import ValueParams
 from editmem.strategies.lyaplock import LyapLockConfig, LyapLockStrategy
-
-TOKENIZER_DIR = Path.home() / ".cache" / "editmem" / "models" / "smollm2-135m-instruct"
-pytestmark = pytest.mark.skipif(not (TOKENIZER_DIR / "tokenizer.json").is_file(), reason="SmolLM2 tokenizer not cached")
 
 FACTS = [
     ("Paris", "Paris is the capital of", "Italy"),
@@ -29,13 +25,6 @@ FACTS = [
 
 def stored(subject: str, prompt: str, target: str) -> StoredFact:
     return StoredFact(fact=Fact(subject=subject, prompt=prompt, target=target), id=fact_id_for(subject, prompt, target))
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
 
 
 def _tiny(kind: str, tokenizer):
