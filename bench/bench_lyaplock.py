@@ -115,6 +115,14 @@ def _is_passage(line: str) -> bool:
     return len(line.split()) >= 30
 
 
+def heldout_lines(strategy, first: int = 200) -> list[str]:
+    """The perplexity set: the first ``first`` corpus lines held out of the statistics, plus every held-out passage."""
+    from editmem.strategies.locate.stats import corpus_split
+
+    _, held = corpus_split(strategy.stats_source().corpus, strategy.config.stats_holdout_every)
+    return held[:first] + [x for x in held[first:] if _is_passage(x)]
+
+
 def heldout_ppls(model, tokenizer, lines: list[str]) -> dict[str, float]:
     """Perplexity of the held-out lines, all together and split by kind: the shared corpus is mostly one-line
     CounterFact/ZsRE *train* facts written as sentences (relation-level damage shows there first) plus a few
@@ -170,10 +178,7 @@ def cmd_cf_curve(args) -> None:
     records = json.loads((DATA / "counterfact_eval_2000.json").read_text())[: args.n]
     overrides = json.loads(args.config) if args.config else {}
     strategy = _strategy(loaded, args.variant, out, overrides)
-    from editmem.strategies.locate.stats import corpus_split
-
-    _, held = corpus_split(strategy.stats_source().corpus, strategy.config.stats_holdout_every)
-    held = held[: args.ppl_lines] + [x for x in held[args.ppl_lines :] if _is_passage(x)]  # every held-out passage
+    held = heldout_lines(strategy, args.ppl_lines)
     probe = records[: args.batch]
     t0 = time.time()
     base_ppl = heldout_ppls(model, tok, held)
@@ -312,7 +317,10 @@ def cmd_drift(args) -> None:
 
     ``D = tr((W−W0) C (W−W0)ᵀ)`` is each layer's drift on the keys of the *unedited* model, ``E‖(W−W0) k0‖²``;
     the edited model's layer output moves by ``E‖W k1 − W0 k0‖²``, where ``k1`` also carries the edits of the
-    layers below. Both are measured on held-out passages and fact sentences of a run saved with ``--save``."""
+    layers below. Both are measured on held-out passages and fact sentences of a run saved with ``--save``, and
+    ``E‖(W−W0) k0‖²`` also on lines the statistics were collected on, beside the run's own ``D`` (from ``C``): if
+    held-out lines saw much more drift than statistics lines, the update would be exploiting directions where the
+    covariance estimate is too small (too few statistics tokens)."""
     from editmem.strategies.locate.stats import corpus_split
 
     loaded = _load(args.threads)
@@ -321,10 +329,15 @@ def cmd_drift(args) -> None:
     strategy = _strategy(loaded, variant, Path(args.dir), {"layers": run["config"]["layers"], "alpha": run["config"]["alpha"]})
     if not strategy.load():
         raise SystemExit(f"{args.dir}/artifacts holds no saved state for {variant} (run cf-curve with --save)")
-    _, held = corpus_split(strategy.stats_source().corpus, strategy.config.stats_holdout_every)
-    parts = {"passages": [x for x in held if _is_passage(x)][: args.lines], "facts": [x for x in held if not _is_passage(x)][: args.lines]}
+    train, held = corpus_split(strategy.stats_source().corpus, strategy.config.stats_holdout_every)
+    parts = {"passages": [x for x in held if _is_passage(x)][: args.lines], "facts": [x for x in held if not _is_passage(x)][: args.lines],
+             # lines the statistics were collected on: D_form there against D_form on held-out lines tells whether the
+             # key covariance is over-fitted to its corpus (an update that hides in directions C under-estimates)
+             "train_passages": [x for x in train if _is_passage(x)][: args.lines], "train_facts": [x for x in train if not _is_passage(x)][: args.lines]}
     adapter, layers = strategy.adapter, strategy.layers
-    result: dict = {"dir": args.dir, "variant": variant, "n_edits": run["curve"][-1]["n_edits"] if run["curve"] else 0, "lines_per_part": args.lines}
+    last = run["curve"][-1] if run["curve"] else {}
+    result: dict = {"dir": args.dir, "variant": variant, "n_edits": last.get("n_edits", 0), "lines_per_part": args.lines,
+                    "D_statistics": last.get("D", {})}
     for name, lines in parts.items():
         strategy.detach()
         k0, h0 = _layer_io(loaded.model, loaded.tokenizer, adapter, layers, lines)
@@ -335,13 +348,15 @@ def cmd_drift(args) -> None:
             W, W0 = adapter.mlp_out_weight(l).detach().double(), strategy.W0[l].double()
             seen = float(((k0[l] @ (W - W0).T) ** 2).sum(1).mean())
             actual = float(((k1[l] @ W.T - k0[l] @ W0.T) ** 2).sum(1).mean())
-            per_layer[str(l)] = {"D_form": seen, "actual": actual, "ratio": actual / seen}
+            per_layer[str(l)] = {"D_form": seen, "actual": actual, "ratio": actual / seen, "D_statistics": result["D_statistics"].get(str(l))}
         result[name] = {
             "layers": per_layer,
             "ratio_summed": sum(v["actual"] for v in per_layer.values()) / sum(v["D_form"] for v in per_layer.values()),
             "block_output_rel_change": {str(b): float(((h1[b] - h0[b]).norm(dim=1) / h0[b].norm(dim=1)).mean()) for b in h0},
         }
-        print(name, {l: round(v["ratio"], 2) for l, v in per_layer.items()}, "summed", round(result[name]["ratio_summed"], 2), flush=True)
+        print(name, "actual / D_form:", {l: round(v["ratio"], 2) for l, v in per_layer.items()}, "summed", round(result[name]["ratio_summed"], 2),
+              "| D_form:", {l: round(v["D_form"], 1) for l, v in per_layer.items()}, flush=True)
+    print("D from the statistics:", {l: round(v, 1) for l, v in result["D_statistics"].items()}, flush=True)
     (Path(args.dir) / "drift_vs_D.json").write_text(json.dumps(result, indent=1))
 
 
@@ -379,6 +394,74 @@ def cmd_plot(args) -> None:
     print("wrote", args.out)
 
 
+def _config_label(run: dict) -> str:
+    """The run's config overrides against the strategy defaults (the axis a frontier varies)."""
+    from editmem.strategies.lyaplock import LyapLockConfig
+
+    defaults = LyapLockConfig(variant=run["variant"]).to_dict()
+    diff = {k: v for k, v in run["config"].items() if k not in ("layers", "progress") and defaults.get(k) != v}
+    layers = run["config"]["layers"]
+    span = f"layers {layers[0]}-{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else f"layers {layers}"
+    return ", ".join([run["variant"], span] + [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in diff.items()])
+
+
+def cmd_frontier(args) -> None:
+    """Efficacy against perplexity at one edit count across runs (default: after their first batch).
+
+    At the first batch no queue has acted and nothing compounds, so this isolates what one batch of edits costs
+    the model for the efficacy it buys; ``--budget`` draws the per-batch perplexity allowance that a bar over
+    ``n_total`` edits leaves if batch costs add up (they were measured to, or to grow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for d in args.dirs:
+        run = json.loads((Path(d) / "curve.json").read_text())
+        by_n = {p["n_edits"]: p for p in run["curve"]}
+        n = args.at or min(by_n)
+        if n not in by_n:
+            raise SystemExit(f"{d}: no point at {n} edits (has {sorted(by_n)})")
+        p = by_n[n]
+        rows.append({"dir": d, "label": _config_label(run), "n_edits": n, "D_sum": p["D_sum"], "ppl_ratio": p["ppl_ratio"],
+                     "ppl_passages": p.get("ppl_ratio_split", {}).get("passages"), **{k: p["this_batch"][k] for k in ("efficacy", "paraphrase", "neighborhood")}})
+    rows.sort(key=lambda r: r["ppl_ratio"])
+    allowance = args.bar ** (rows[0]["n_edits"] / args.n_total) if args.n_total else None
+    lines = ["| config | edits | `D_sum` | ppl ratio (passages) | ES / PS / NS of the batch |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['label']} | {r['n_edits']} | {r['D_sum']:.0f} | {r['ppl_ratio']:.3f}x ({r['ppl_passages']:.3f}x) | "
+              f"{r['efficacy']:.0f} / {r['paraphrase']:.0f} / {r['neighborhood']:.0f} |" for r in rows]
+    if allowance:
+        lines.append(f"\nPer-batch allowance if batch costs add up: {args.bar:g}^({rows[0]['n_edits']}/{args.n_total}) = {allowance:.4f}x.")
+    markdown = "\n".join(lines) + "\n"
+    print(markdown)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    xs = [r["ppl_ratio"] for r in rows]
+    ax.plot(xs, [r["efficacy"] for r in rows], "o", label="efficacy (ES)")
+    ax.plot(xs, [r["paraphrase"] for r in rows], "s", label="paraphrase (PS)")
+    short = {"clamp_norm_factor": "clamp", "mom2_update_weight": "λ", "lyaplock, ": ""}
+    for i, r in enumerate(rows):
+        text = r["label"]
+        for long, abbrev in short.items():
+            text = text.replace(long, abbrev)
+        ax.annotate(text, (r["ppl_ratio"], r["efficacy"]), fontsize=7, rotation=20, xytext=(3, 4 if i % 2 else -14), textcoords="offset points")
+    ax.axhline(90, ls=":", color="gray", label="ES bar 90")
+    if allowance:
+        ax.axvline(allowance, ls="--", color="red", label=f"per-batch allowance for {args.bar:g}x over {args.n_total} edits")
+    ax.set_xlabel(f"held-out perplexity / unedited, after {rows[0]['n_edits']} edits")
+    ax.set_ylabel("score of the batch (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    if args.out:
+        fig.savefig(args.out, dpi=110)
+        print("wrote", args.out)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).with_suffix(".md").write_text(markdown)
+        print("wrote", args.json, "and", Path(args.json).with_suffix(".md"))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -410,8 +493,16 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--variant", default=None, help="default: the variant recorded in <dir>/curve.json")
     d.add_argument("--lines", type=int, default=30, help="held-out passages and fact sentences scored, each")
     d.add_argument("--threads", type=int, default=1)
+    f = sub.add_parser("frontier", help="efficacy against perplexity at one edit count across cf-curve runs (JSON + Markdown + PNG)")
+    f.add_argument("dirs", nargs="+")
+    f.add_argument("--at", type=int, default=None, help="edit count compared (default: each run's first batch)")
+    f.add_argument("--bar", type=float, default=1.10, help="perplexity bar over the whole run")
+    f.add_argument("--n-total", type=int, default=1000, help="edits the bar is for (0: no allowance line)")
+    f.add_argument("--out", default=None, help="PNG path")
+    f.add_argument("--json", default=None, help="rows as JSON, and the table as Markdown beside it (.md)")
     args = p.parse_args(argv)
-    {"cf-curve": cmd_cf_curve, "speed": cmd_speed, "plot": cmd_plot, "table": cmd_table, "drift": cmd_drift}[args.cmd](args)
+    {"cf-curve": cmd_cf_curve, "speed": cmd_speed, "plot": cmd_plot, "table": cmd_table, "drift": cmd_drift,
+     "frontier": cmd_frontier}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -153,6 +153,20 @@ def _token_rows(model, tokenizer, source: StatsSource, progress: bool) -> list[l
     return rows
 
 
+def token_batches(rows: Sequence[Sequence[int]], token_budget: int = 4096) -> list[list[list[int]]]:
+    """Rows sorted by length and grouped so that a right-padded batch holds at most ``token_budget`` positions."""
+    batches: list[list[list[int]]] = []
+    current: list[list[int]] = []
+    for r in sorted(rows, key=len):
+        if current and (len(current) + 1) * len(r) > token_budget:
+            batches.append(current)
+            current = []
+        current.append(list(r))
+    if current:
+        batches.append(current)
+    return batches
+
+
 @torch.no_grad()
 def collect_stats(
     model,
@@ -167,19 +181,11 @@ def collect_stats(
     """One pass over the source text: ``Σ k kᵀ`` per layer (float32 products per batch, float64 accumulator)."""
     started = time.time()
     device = next(model.parameters()).device
-    rows = sorted(_token_rows(model, tokenizer, source, progress), key=len)
+    rows = _token_rows(model, tokenizer, source, progress)
     d_in = adapter.intermediate_size
     acc = {l: torch.zeros(d_in, d_in, dtype=torch.float64, device=device) for l in layers}
     n_tokens = 0
-    batches: list[list[list[int]]] = []
-    current: list[list[int]] = []
-    for r in rows:
-        if current and (len(current) + 1) * len(r) > token_budget:
-            batches.append(current)
-            current = []
-        current.append(r)
-    if current:
-        batches.append(current)
+    batches = token_batches(rows, token_budget)
     bar = _bar(progress, len(rows), "layer statistics")
     pad = pad_id_of(tokenizer)
     for batch in batches:
