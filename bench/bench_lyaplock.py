@@ -409,8 +409,8 @@ def cmd_frontier(args) -> None:
     """Efficacy against perplexity at one edit count across runs (default: after their first batch).
 
     At the first batch no queue has acted and nothing compounds, so this isolates what one batch of edits costs
-    the model for the efficacy it buys; ``--budget`` draws the per-batch perplexity allowance that a bar over
-    ``n_total`` edits leaves if batch costs add up (they were measured to, or to grow)."""
+    the model for the efficacy it buys; the plot marks the per-batch perplexity allowance that ``--bar`` over
+    ``--n-total`` edits leaves if batch costs add up (they were measured to, or to grow)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_lyaplock as B
 import editmem.strategies.locate.editor as E
-from editmem.strategies.locate.stats import corpus_split, token_batches
+from editmem.strategies.locate.stats import statistics_rows, token_batches
 from editmem.strategies.locate.forward import pad_id_of, read_activations, right_pad
 
 threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
@@ -33,9 +33,8 @@ loaded = B._load(threads)
 model, tok = loaded.model, loaded.tokenizer
 st = B._strategy(loaded, "memit", out, {"layers": [2, 3, 4, 5, 6, 7, 8, 9], "mom2_update_weight": lam_over, "clamp_norm_factor": clamp})
 st.attach()
-train, _ = corpus_split(st.stats_source().corpus, st.config.stats_holdout_every)
 held = B.heldout_lines(st)
-batches = token_batches([r for r in (tok(x)["input_ids"][: st.config.stats_max_len] for x in train) if len(r) > 1])
+batches = token_batches(statistics_rows(model, tok, st.stats_source()))  # the tokens C was collected on
 pad, layers, adapter = pad_id_of(tok), st.layers, st.adapter
 W0 = {l: adapter.mlp_out_weight(l).detach().clone().float() for l in layers}
 t = time.time()

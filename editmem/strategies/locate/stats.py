@@ -130,7 +130,9 @@ def _bar(progress: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="rows")
 
 
-def _token_rows(model, tokenizer, source: StatsSource, progress: bool) -> list[list[int]]:
+def statistics_rows(model, tokenizer, source: StatsSource, progress: bool = False) -> list[list[int]]:
+    """The token rows the statistics are collected on: the corpus minus its held-out lines, truncated, plus any
+    model-sampled text, capped at ``source.max_tokens``."""
     rows: list[list[int]] = []
     if source.corpus is not None:
         train, _ = corpus_split(source.corpus, source.holdout_every)
@@ -153,7 +155,7 @@ def _token_rows(model, tokenizer, source: StatsSource, progress: bool) -> list[l
     return rows
 
 
-def token_batches(rows: Sequence[Sequence[int]], token_budget: int = 4096) -> list[list[list[int]]]:
+def token_batches(rows: Sequence[list[int]], token_budget: int = 4096) -> list[list[list[int]]]:
     """Rows sorted by length and grouped so that a right-padded batch holds at most ``token_budget`` positions."""
     batches: list[list[list[int]]] = []
     current: list[list[int]] = []
@@ -161,7 +163,7 @@ def token_batches(rows: Sequence[Sequence[int]], token_budget: int = 4096) -> li
         if current and (len(current) + 1) * len(r) > token_budget:
             batches.append(current)
             current = []
-        current.append(list(r))
+        current.append(r)
     if current:
         batches.append(current)
     return batches
@@ -181,7 +183,7 @@ def collect_stats(
     """One pass over the source text: ``Σ k kᵀ`` per layer (float32 products per batch, float64 accumulator)."""
     started = time.time()
     device = next(model.parameters()).device
-    rows = _token_rows(model, tokenizer, source, progress)
+    rows = statistics_rows(model, tokenizer, source, progress)
     d_in = adapter.intermediate_size
     acc = {l: torch.zeros(d_in, d_in, dtype=torch.float64, device=device) for l in layers}
     n_tokens = 0
