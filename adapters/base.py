@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
+
+from editmem.adapters import compat
 
 #: Anchors a strategy may ask for. Layer-scoped anchors take a layer index.
 ANCHORS: dict[str, str] = {
@@ -160,6 +165,57 @@ class ModelAdapter:
 
     def mlp_out_weight_name(self, layer: int) -> str:
         return f"{self.module_name('mlp_out', layer)}.weight"
+
+    # -- how the model is called (the transformers contract: editmem.adapters.compat) ------------
+    def layer_arguments(self, layer: nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``(hidden_states, other arguments by name)`` of a call of decoder ``layer`` (from a forward pre-hook)."""
+        return compat.layer_arguments(layer, args, kwargs)
+
+    def run_layers(self, hidden: torch.Tensor, kwargs: Mapping[str, Any], start: int, stop: int | None = None,
+                   blocks: list[nn.Module] | None = None) -> torch.Tensor:
+        """Hidden states after decoder layers ``start..stop-1`` run on ``hidden`` with the captured layer ``kwargs``
+        (``blocks`` replaces those layers, e.g. reduced-precision shadows)."""
+        layers = blocks if blocks is not None else list(self.layers)[start:stop]
+        for block in layers:
+            out = block(hidden, **kwargs)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    @property
+    def attention_implementation(self) -> str:
+        return compat.attention_implementation(self.model)
+
+    @property
+    def boolean_masks(self) -> bool:
+        """True: layers take boolean 4-D masks (``sdpa``); False: additive float masks (``eager``)."""
+        return compat.boolean_masks(self.model)
+
+    def layer_mask(self, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """A 4-D layer mask in this model's format from a boolean ``allowed`` ``[B, 1, q, kv]``."""
+        return compat.layer_mask(allowed, boolean=self.boolean_masks, dtype=dtype)
+
+    @property
+    def full_attention_only(self) -> bool:
+        return compat.full_attention_only(self.model)
+
+    def rotary_cos_sin(self, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Rotary ``(cos, sin)`` of ``positions`` ``[1, n]`` (None for absolute-position models)."""
+        return compat.rotary_cos_sin(self.model, positions, like)
+
+    def decode_step(self, input_ids: torch.Tensor, cache: Any = None, *, attention_mask: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, Any]:
+        """One cached forward: ``(logits, cache for the next step)``."""
+        return compat.decode_step(self.model, input_ids, cache, attention_mask=attention_mask)
+
+    def layer_cache_argument(self) -> str:
+        """The keyword under which this model's decoder layers take their KV cache."""
+        return compat.cache_argument(self.layers[0])
+
+    @contextmanager
+    def replaced_layers(self, replacements: Mapping[int, nn.Module]) -> Iterator[None]:
+        """Decoder layers ``i`` are ``replacements[i]`` inside the block (hooks on the originals do not fire)."""
+        with compat.replaced_modules(self.layers, replacements):
+            yield
 
     def __repr__(self) -> str:
         return (

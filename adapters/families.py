@@ -2,10 +2,11 @@
 
 from editmem.adapters.base import ArchitectureSpec, register_architecture
 
-#: Llama and its descendants share one layout (SmolLM2 is a Llama).
+#: Llama and its descendants share one layout (SmolLM2 is a Llama). Phi-3 is not one of them: its MLP fuses the gate
+#: and up projections (``gate_up_proj``).
 LLAMA_LIKE = register_architecture(
     ArchitectureSpec(
-        model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "olmo2", "smollm3"),
+        model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "smollm3"),
         embed_tokens="model.embed_tokens",
         layers="model.layers",
         final_norm="model.norm",

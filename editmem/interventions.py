@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from editmem.adapters import compat
+
 OutputHook = Callable[[nn.Module, tuple, Any], Any]
 
 
@@ -106,9 +108,5 @@ def capture(modules: dict[str, nn.Module], *, what: str = "output", detach: bool
 
 
 def is_prefill(hidden: torch.Tensor, kwargs: dict | None = None) -> bool:
-    """True on the first forward of a generation (the prompt), False on single-token decode steps."""
-    if kwargs:
-        cache_position = kwargs.get("cache_position")
-        if cache_position is not None and cache_position.numel() > 0:
-            return int(cache_position[0]) == 0
-    return hidden.shape[1] > 1
+    """True on the first forward of a generation (the prompt), False on cached decode steps."""
+    return compat.is_prefill(hidden, kwargs)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from editmem.adapters.compat import decode_step
+
 
 @torch.no_grad()
 def sample_prefixes(
@@ -36,13 +38,12 @@ def sample_prefixes(
     texts = []
     for ids in rows:
         input_ids = torch.tensor([ids], device=device)
-        past = None
+        cache = None
         generated: list[int] = []
         step_input = input_ids
         for _ in range(max_new_tokens):
-            out = model(input_ids=step_input, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            logits = out.logits[0, -1].float().cpu()
+            logits, cache = decode_step(model, step_input, cache)
+            logits = logits[0, -1].float().cpu()
             top = torch.topk(logits, top_k)
             probs = torch.softmax(top.values, dim=-1)
             choice = top.indices[torch.multinomial(probs, 1, generator=generator)].item()

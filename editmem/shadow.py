@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from editmem.adapters.compat import attention_function
+
 #: names accepted by strategy configs
 TRAIN_DTYPES = ("float32", "bfloat16")
 
@@ -102,40 +104,18 @@ def shadow_blocks(layers: Sequence[nn.Module], dtype: torch.dtype) -> list[nn.Mo
 
 
 @contextmanager
-def shadowed_layers(layers: nn.ModuleList, start: int, dtype: torch.dtype) -> Iterator[None]:
-    """Swap ``layers[start:]`` for their shadows inside the block (for callers that run the whole model).
+def shadowed_layers(adapter, start: int, dtype: torch.dtype) -> Iterator[None]:
+    """Swap decoder layers ``start..`` for their shadows inside the block (for callers that run the whole model).
 
     Hooks registered on the original blocks do not fire while swapped: use it only around training-only forwards
     that install no hooks on those blocks.
     """
-    originals = [layers[i] for i in range(start, len(layers))]
-    try:
-        for i, block in enumerate(originals, start=start):
-            layers[i] = shadow_of(block, dtype)
+    layers = adapter.layers
+    with adapter.replaced_layers({i: shadow_of(layers[i], dtype) for i in range(start, len(layers))}):
         yield
-    finally:
-        for i, block in enumerate(originals, start=start):
-            layers[i] = block
 
 
-@contextmanager
-def fp32_attention(dtype: torch.dtype):
-    """While active, ``sdpa`` attention on reduced-precision CPU tensors runs in fp32 (inputs upcast, output cast
-    back). torch's CPU flash-attention kernel costs ~5 ms per forward+backward call in bf16 whatever the size (vs
-    0.5-1 ms in fp32 at these sizes): with 22 blocks that was a third of a locate-then-edit bf16 step. Attention holds few FLOPs,
-    so upcasting it costs nothing measurable and only makes the shadow more accurate. The switch is process-wide
-    (transformers' attention registry) for the duration of the block; only training forwards should run inside it."""
-    if dtype == torch.float32:
-        yield
-        return
-    try:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    except ImportError:  # pragma: no cover - transformers without the attention interface
-        yield
-        return
-    had_local = "sdpa" in ALL_ATTENTION_FUNCTIONS._local_mapping
-    inner = ALL_ATTENTION_FUNCTIONS["sdpa"]
-
+def _sdpa_in_fp32(inner):
     def sdpa_fp32(module, query, key, value, attention_mask, *args, **kwargs):
         if query.dtype == torch.float32 or query.device.type != "cpu":
             return inner(module, query, key, value, attention_mask, *args, **kwargs)
@@ -144,11 +124,19 @@ def fp32_attention(dtype: torch.dtype):
         out, weights = inner(module, query.float(), key.float(), value.float(), attention_mask, *args, **kwargs)
         return out.to(query.dtype), weights
 
-    ALL_ATTENTION_FUNCTIONS["sdpa"] = sdpa_fp32
-    try:
+    return sdpa_fp32
+
+
+@contextmanager
+def fp32_attention(dtype: torch.dtype):
+    """While active, ``sdpa`` attention on reduced-precision CPU tensors runs in fp32 (inputs upcast, output cast
+    back). torch's CPU flash-attention kernel costs ~5 ms per forward+backward call in bf16 whatever the size (vs
+    0.5-1 ms in fp32 at these sizes): with 22 blocks that was a third of a locate-then-edit bf16 step. Attention holds few FLOPs,
+    so upcasting it costs nothing measurable and only makes the shadow more accurate. The switch is process-wide
+    (transformers' attention registry, :func:`editmem.adapters.compat.attention_function`) for the duration of the
+    block; only training forwards should run inside it."""
+    if dtype == torch.float32:
         yield
-    finally:
-        if had_local:
-            ALL_ATTENTION_FUNCTIONS["sdpa"] = inner
-        else:
-            del ALL_ATTENTION_FUNCTIONS["sdpa"]
+        return
+    with attention_function("sdpa", _sdpa_in_fp32):
+        yield

@@ -9,6 +9,7 @@ import torch
 
 from conftest import tiny_model
 from editmem.adapters import get_adapter
+from editmem.adapters import compat
 from editmem.shadow import shadow_of, shadowed_layers
 from editmem.tokens import length_buckets
 
@@ -23,8 +24,8 @@ def _layer_inputs(model, ids):
             model(input_ids=ids)
     finally:
         handle.remove()
-    drop = ("hidden_states", "past_key_values", "past_key_value", "use_cache")  # training-only forwards keep no cache
-    return seen["h"], {k: v for k, v in seen["k"].items() if k not in drop}
+    kwargs = {k: v for k, v in seen["k"].items() if k != "hidden_states"}
+    return seen["h"], compat.without_cache(kwargs)  # training-only forwards keep no cache
 
 
 def test_shadow_block_matches_fp32_block_and_keeps_the_callers_dtype():
@@ -86,12 +87,13 @@ def test_shadow_does_not_copy_hooks_and_never_raises_precision():
 
 def test_shadowed_layers_swaps_and_restores():
     model = tiny_model("llama")
-    layers = get_adapter(model).layers
+    adapter = get_adapter(model)
+    layers = adapter.layers
     originals = list(layers)
     ids = torch.randint(0, 1000, (1, 6))
     with torch.no_grad():
         ref = model(input_ids=ids).logits
-        with shadowed_layers(layers, 1, torch.bfloat16):
+        with shadowed_layers(adapter, 1, torch.bfloat16):
             assert layers[0] is originals[0] and layers[1] is not originals[1]
             low = model(input_ids=ids).logits
         assert list(layers) == originals
@@ -125,11 +127,9 @@ def test_length_buckets_split_a_long_chat_row_from_short_ones():
 
 
 def test_fp32_attention_switch_is_scoped():
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     from editmem.shadow import fp32_attention
 
-    original = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    assert not compat.attention_function_is_patched("sdpa")
     with fp32_attention(torch.bfloat16):
-        assert ALL_ATTENTION_FUNCTIONS["sdpa"] is not original
-    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is original and "sdpa" not in ALL_ATTENTION_FUNCTIONS._local_mapping
+        assert compat.attention_function_is_patched("sdpa")
+    assert not compat.attention_function_is_patched("sdpa")

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import logging
 import math
 import time
@@ -39,6 +38,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
+from editmem.adapters import compat
 from editmem.facts import StoredFact
 from editmem.interventions import HookSet, StopForward, hidden_of, replace_hidden
 from editmem.strategies.base import EditTrace, Strategy, StrategyConfig, register_strategy
@@ -428,24 +428,6 @@ def _subject_index(tokenizer, text: str, subject: str, search_from: int) -> int:
     return last
 
 
-_SIGNATURES: dict[type, inspect.Signature] = {}
-
-
-def _as_kwargs(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict[str, Any]]:
-    """``(hidden_states, other arguments by name)`` of a decoder-layer call (GPT-2 passes the mask positionally)."""
-    sig = _SIGNATURES.get(type(module))
-    if sig is None:
-        sig = _SIGNATURES[type(module)] = inspect.signature(module.forward)
-    bound = sig.bind_partial(*args, **kwargs).arguments
-    named = dict(bound)
-    first = next(iter(sig.parameters))
-    hidden = named.pop(first)
-    for name, param in sig.parameters.items():
-        if param.kind is inspect.Parameter.VAR_KEYWORD and name in named:
-            named.update(named.pop(name))
-    return hidden, named
-
-
 class LLPStrategy(Strategy):
     """Layer-Level Prompting: retrieval-gated layer-level prompts (see the module docstring)."""
 
@@ -468,10 +450,10 @@ class LLPStrategy(Strategy):
         self._chat_markers: tuple[list[int], list[int]] | None | bool = False
         self._special_ids = torch.tensor(sorted(set(getattr(self.tokenizer, "all_special_ids", []) or [])), dtype=torch.long)
         self._fingerprint: str | None = None
-        impl = getattr(self.model.config, "_attn_implementation", "eager") or "eager"
-        if impl not in ("sdpa", "eager"):
-            raise ValueError(f"llp supports the 'sdpa' and 'eager' attention implementations, not {impl!r}")
-        self._bool_mask = impl == "sdpa"
+        try:
+            self._bool_mask = self.adapter.boolean_masks
+        except ValueError as exc:
+            raise ValueError(f"llp: {exc}") from None
         #: per-edit training log (last apply call), for benchmarks
         self.last_edit_stats: list[dict[str, Any]] = []
 
@@ -511,20 +493,11 @@ class LLPStrategy(Strategy):
     def _layers(self) -> torch.nn.ModuleList:
         return self.adapter.layers
 
-    def _rotary(self) -> torch.nn.Module | None:
-        base = getattr(self.model, "base_model", self.model)
-        return getattr(base, "rotary_emb", None)
-
     def _value_position_embeddings(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """cos/sin of the value positions ``-b..-1`` (input-independent, computed once)."""
         if self._value_pe is None:
-            rotary = self._rotary()
-            if rotary is None:
-                return None
             pos = torch.arange(-self.cfg.b, 0, device=like.device).unsqueeze(0)
-            with torch.no_grad():
-                cos, sin = rotary(like[:1, :1].float(), position_ids=pos)
-            self._value_pe = (cos, sin)
+            self._value_pe = self.adapter.rotary_cos_sin(pos, like)
         return self._value_pe
 
     def _extend_layer_kwargs(self, kwargs: dict[str, Any], attn2d: torch.Tensor, q_len: int, hit: torch.Tensor,
@@ -533,9 +506,7 @@ class LLPStrategy(Strategy):
         b = self.cfg.b
         out = dict(kwargs)
         mask = self._extended_mask(attn2d, q_len, hit, value_queries)
-        if not self._bool_mask:
-            mask = torch.zeros(mask.shape, dtype=hidden.dtype, device=mask.device).masked_fill(~mask, torch.finfo(hidden.dtype).min)
-        out["attention_mask"] = mask
+        out["attention_mask"] = compat.layer_mask(mask, boolean=self._bool_mask, dtype=hidden.dtype)
         if value_queries:
             pe = kwargs.get("position_embeddings")
             if pe is not None:
@@ -595,7 +566,7 @@ class LLPStrategy(Strategy):
                 hooks.add_output_hook(self.adapter.module("layer", layer), _out)
             if stop_at_z:
                 def _pre(module, args, kwargs):
-                    hidden, named = _as_kwargs(module, args, kwargs)
+                    hidden, named = self.adapter.layer_arguments(module, args, kwargs)
                     seen["h"] = hidden.detach()
                     seen["kwargs"] = named
                     raise StopForward
@@ -653,16 +624,15 @@ class LLPStrategy(Strategy):
             width = max(len(x) for x in starts)
             starts = [x + x[-1:] * (width - len(x)) for x in starts]  # all starts have the same length (1 or 2)
             ids = torch.tensor(starts, dtype=torch.long)
-            past = None
+            cache = None
             step = ids
             was = self.attached
             if was:
                 self.detach()
             try:
                 for _ in range(cfg.generic_tokens - ids.shape[1]):
-                    out = self.model(input_ids=step.to(self.device), past_key_values=past, use_cache=True)
-                    past = out.past_key_values
-                    logits = out.logits[:, -1].float().cpu()
+                    logits, cache = self.adapter.decode_step(step.to(self.device), cache)
+                    logits = logits[:, -1].float().cpu()
                     top = torch.topk(logits, cfg.generic_top_k, dim=-1)
                     choice = top.indices.gather(1, torch.multinomial(torch.softmax(top.values, -1), 1, generator=gen))
                     ids = torch.cat([ids, choice], dim=1)
@@ -759,7 +729,7 @@ class LLPStrategy(Strategy):
         b = self.cfg.b
         ids, attn = pad_batch([r[0] for r in rows], self.tokenizer.pad_token_id or 0, side="right")
         cap = self._bottom(ids, attn, [], stop_at_z=True)
-        kwargs = {k: v for k, v in cap["kwargs"].items() if k not in ("past_key_values", "use_cache")}
+        kwargs = compat.without_cache(cap["kwargs"])
         sup_row, sup_pos, sup_lbl = [], [], []  # supervised positions (in the b-extended sequence) and labels
         for i, (seq, start) in enumerate(rows):
             for t in range(start, len(seq)):
@@ -1196,8 +1166,7 @@ class LLPStrategy(Strategy):
         if ref is None:
             return None
         batch, q_len = ref.shape[0], ref.shape[1]
-        past = kwargs.get("past_key_values")
-        past_len = int(past.get_seq_length()) if past is not None and hasattr(past, "get_seq_length") else 0
+        past_len = compat.past_length(kwargs)
         attn2d = kwargs.get("attention_mask")
         if attn2d is None or attn2d.dim() != 2:
             attn2d = torch.ones(batch, past_len + q_len, dtype=torch.long, device=ref.device)
@@ -1315,7 +1284,7 @@ class LLPStrategy(Strategy):
                     return None
             if state.hit is None or not bool(state.hit.any()):
                 return None
-            hidden, named = _as_kwargs(module, args, kwargs)
+            hidden, named = self.adapter.layer_arguments(module, args, kwargs)
             if layer == z or state.layer_kwargs is None:
                 state.layer_kwargs = self._extend_layer_kwargs(named, state.attn2d.to(hidden.device), state.q_len,
                                                                state.hit, state.prefill, hidden)

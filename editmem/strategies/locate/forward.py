@@ -92,13 +92,6 @@ def skip_bottom(adapter, z_layer: int, like: object):
     output is computed once and fed in directly; only blocks above ``z_layer`` run on each step. Yields the
     stub of block ``z_layer``; set ``stub.hidden`` to the (perturbed) block output before each forward.
     """
-    layers = adapter.layers
-    originals = [layers[i] for i in range(z_layer + 1)]
     stubs = [_Skip(like) for _ in range(z_layer + 1)]
-    try:
-        for i, stub in enumerate(stubs):
-            layers[i] = stub
+    with adapter.replaced_layers(dict(enumerate(stubs))):
         yield stubs[-1]
-    finally:
-        for i, module in enumerate(originals):
-            layers[i] = module

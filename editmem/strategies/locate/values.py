@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from editmem.adapters import compat
 from editmem.interventions import HookSet, StopForward, hidden_of
 from editmem.shadow import resolve_dtype, shadow_of, shadowed_layers
 from editmem.strategies.locate.forward import pad_id_of, right_pad, skip_bottom
@@ -181,7 +182,7 @@ def _compute_chunk(model, tokenizer, adapter, requests, templates, z_layer, para
         raise StopForward
 
     finals: dict[str, torch.Tensor] = {}
-    with skip_bottom(adapter, z_layer, like) as stub, shadowed_layers(adapter.layers, z_layer + 1, dtype):
+    with skip_bottom(adapter, z_layer, like) as stub, shadowed_layers(adapter, z_layer + 1, dtype):
         top = None
         if params.prefix_cache:
             top = _PrefixTop.build(model, adapter, seen["kwargs"], h_bottom, lookup, mask.sum(1), z_layer, dtype)
@@ -264,25 +265,9 @@ def _compute_chunk(model, tokenizer, adapter, requests, templates, z_layer, para
     return ValueResult(z=z.detach(), h_init=h_init.T.contiguous(), loss=final_loss, nll=final_nll, steps=steps, delta_ratio=ratio)
 
 
-class _PrefixKV:
-    """Duck-typed KV cache for :class:`_PrefixTop`: records every upper block's keys/values of the full rows once
-    (``δ = 0``), then serves ``[recorded keys of the selected rows ; keys of the positions being recomputed]``."""
-
-    def __init__(self) -> None:
-        self.k: dict[int, torch.Tensor] = {}
-        self.v: dict[int, torch.Tensor] = {}
-        self.sel: torch.Tensor | None = None  # rows served; None = recording
-
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
-        if self.sel is None:
-            self.k[layer_idx], self.v[layer_idx] = key.detach(), value.detach()
-            return key, value
-        return (torch.cat([self.k[layer_idx][self.sel], key], dim=2), torch.cat([self.v[layer_idx][self.sel], value], dim=2))
-
-
 #: decoder-block keyword arguments :class:`_PrefixTop` knows how to restrict to a subset of positions
-_KNOWN_KWARGS = frozenset({"attention_mask", "position_ids", "position_embeddings", "past_key_values", "past_key_value",
-                           "use_cache", "cache_position", "output_attentions"})
+_KNOWN_KWARGS = frozenset({"attention_mask", "position_ids", "position_embeddings", "use_cache", "cache_position",
+                           "output_attentions", *compat.CACHE_ARGUMENTS})
 
 
 class _PrefixTop:
@@ -295,18 +280,17 @@ class _PrefixTop:
     the recorded keys before the row's lookup token and to the slots up to itself.
     """
 
-    def __init__(self, blocks, kw, h_bottom, lookup, lengths, cache, mask_float, full_out):
+    def __init__(self, blocks, kw, h_bottom, lookup, lengths, cache, mask_float, full_out, cache_argument):
         self.blocks, self.kw, self.h_bottom, self.lookup, self.lengths = blocks, kw, h_bottom, lookup, lengths
-        self.cache, self.mask_float = cache, mask_float
+        self.cache, self.mask_float, self.cache_argument = cache, mask_float, cache_argument
         self.full_out = full_out  # the top blocks' output of the full rows at δ = 0 (the recording pass)
 
     @classmethod
     def build(cls, model, adapter, kwargs, h_bottom, lookup, lengths, z_layer, dtype) -> "_PrefixTop | None":
         """None when the model's blocks take arguments this runner does not know how to restrict (the caller then
         runs the full rows)."""
-        impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
-        layer_types = getattr(getattr(model, "config", None), "layer_types", None)
-        if impl not in ("sdpa", "eager") or (layer_types and any(t != "full_attention" for t in layer_types)):
+        impl = adapter.attention_implementation
+        if impl not in ("sdpa", "eager") or not adapter.full_attention_only:
             return None
         if not set(kwargs) <= _KNOWN_KWARGS or kwargs.get("output_attentions"):
             return None
@@ -314,16 +298,17 @@ class _PrefixTop:
         if mask is not None and not (torch.is_tensor(mask) and mask.dim() == 4):
             return None
         blocks = [shadow_of(adapter.layers[i], dtype) for i in range(z_layer + 1, len(adapter.layers))]
-        cache = _PrefixKV()
+        cache = compat.RowSelectKVCache()
         kw = {k: v for k, v in kwargs.items() if k in ("attention_mask", "position_ids", "position_embeddings", "cache_position")}
-        full = dict(kw, past_key_values=cache, use_cache=True)
+        full = compat.with_cache(adapter.layers[0], kw, cache)
         with torch.no_grad():
             hidden = h_bottom
             for block in blocks:
                 hidden = hidden_of(block(hidden, **full))
-        if len(cache.k) != len(blocks):  # some block did not go through the cache
+        if cache.recorded_layers() != len(blocks):  # some block did not go through the cache
             return None
-        return cls(blocks, kw, h_bottom, lookup, lengths, cache, impl == "eager" or (mask is not None and mask.dtype != torch.bool), hidden)
+        return cls(blocks, kw, h_bottom, lookup, lengths, cache, impl == "eager" or (mask is not None and mask.dtype != torch.bool), hidden,
+                   adapter.layer_cache_argument())
 
     def run(self, rows: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """Top-block output ``[len(rows), S, d]`` of ``rows`` with ``delta[i]`` added at row ``i``'s lookup token;
@@ -342,17 +327,17 @@ class _PrefixTop:
             amask = amask.masked_fill(~allowed, torch.finfo(self.h_bottom.dtype).min)
         else:
             amask = allowed
-        kw: dict[str, object] = {"attention_mask": amask, "past_key_values": self.cache, "use_cache": True}
+        kw: dict[str, object] = {"attention_mask": amask, self.cache_argument: self.cache, "use_cache": True}
         if "position_ids" in self.kw and self.kw["position_ids"] is not None:
             pid = self.kw["position_ids"]
             kw["position_ids"] = pid.expand(self.h_bottom.shape[0], -1)[rows[:, None], pos]
         if self.kw.get("position_embeddings") is not None:
             kw["position_embeddings"] = tuple(t.expand(self.h_bottom.shape[0], *t.shape[1:])[rows[:, None], pos]
                                               for t in self.kw["position_embeddings"])
-        self.cache.sel = rows
+        self.cache.rows = rows
         try:
             for block in self.blocks:
                 hidden = hidden_of(block(hidden, **kw))
         finally:
-            self.cache.sel = None
+            self.cache.rows = None
         return hidden
