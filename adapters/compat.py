@@ -71,9 +71,14 @@ def cache_length(cache: Any) -> int:
     return int(cache.get_seq_length())
 
 
-def past_length(kwargs: Mapping[str, Any]) -> int:
-    """Tokens already in the KV cache of a forward called with ``kwargs`` (0 on a prefill or without cache)."""
-    return cache_length(cache_from_kwargs(kwargs))
+def past_length(kwargs: Mapping[str, Any], layer: int | None = None) -> int:
+    """Tokens already in the KV cache of a forward called with ``kwargs`` (0 on a prefill or without cache).
+
+    From a model-level hook pass no ``layer``; from decoder layer ``i``'s pre-hook pass ``layer=i``: the layers
+    below it have already written this forward's tokens into the shared cache.
+    """
+    cache = cache_from_kwargs(kwargs)
+    return cache_length(cache) if layer is None else cache_length_of_layer(cache, layer)
 
 
 def without_cache(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,22 +105,29 @@ def output_cache(output: Any) -> Any:
 
 def decode_step(model: nn.Module, input_ids: torch.Tensor, cache: Any = None, *,
                 attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
-    """One cached forward of a sampling loop: ``(logits [B, q, V], the cache to pass to the next step)``."""
+    """One cached forward of a sampling loop: ``(logits [B, q, V], the cache to pass to the next step)``.
+
+    ``attention_mask`` covers the past and the new tokens; with it, positions count real tokens only (as
+    ``generate`` does), so left-padded rows get the positions they would have alone.
+    """
     kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": True}
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        kwargs["position_ids"] = positions[:, -input_ids.shape[1]:]
     if cache is not None:
         kwargs[cache_argument(model)] = cache
     out = model(**kwargs)
     return out.logits, output_cache(out)
 
 
-def is_prefill(hidden: torch.Tensor, kwargs: Mapping[str, Any] | None = None) -> bool:
-    """True on the first forward of a generation (the prompt), False on cached decode steps."""
+def is_prefill(hidden: torch.Tensor, kwargs: Mapping[str, Any] | None = None, layer: int | None = None) -> bool:
+    """True on the first forward of a generation (the prompt), False on cached decode steps (``layer`` as in
+    :func:`past_length`)."""
     if kwargs:
         cache = cache_from_kwargs(kwargs)
         if cache is not None and hasattr(cache, "get_seq_length"):
-            return cache_length(cache) == 0
+            return past_length(kwargs, layer) == 0
         position = kwargs.get("cache_position")  # transformers < 5.24
         if isinstance(position, torch.Tensor) and position.numel() > 0:
             return int(position[0]) == 0

@@ -7,7 +7,7 @@ addressed through the adapter's anchors, e.g. ``adapter.module("layer", 12)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -107,6 +107,40 @@ def capture(modules: dict[str, nn.Module], *, what: str = "output", detach: bool
         yield seen
 
 
-def is_prefill(hidden: torch.Tensor, kwargs: dict | None = None) -> bool:
-    """True on the first forward of a generation (the prompt), False on cached decode steps."""
-    return compat.is_prefill(hidden, kwargs)
+@torch.no_grad()
+def read_layer_input(model: nn.Module, adapter, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, layer: int,
+                     *, outputs: Iterable[int] = ()) -> dict[str, Any]:
+    """Run the model up to decoder ``layer`` and return what enters it: ``{"hidden": [B, T, d], "kwargs": the other
+    layer arguments by name (no cache), "outputs": {i: output hidden state of layer i < layer}}``.
+
+    The bottom of the model runs once, without a KV cache, and stops at ``layer``: the shared first step of every
+    strategy that optimises something injected at or above a layer (the layers below do not depend on it).
+    """
+    seen: dict[str, Any] = {"outputs": {}}
+    with HookSet("read-layer-input") as hooks:
+        for i in outputs:
+            def _out(_m, _a, output, _i=i):
+                seen["outputs"][_i] = hidden_of(output).detach()
+
+            hooks.add_output_hook(adapter.module("layer", i), _out)
+
+        def _pre(module, args, kwargs):
+            hidden, named = adapter.layer_arguments(module, args, kwargs)
+            seen["hidden"], seen["kwargs"] = hidden.detach(), compat.without_cache(named)
+            raise StopForward
+
+        hooks.add_input_hook(adapter.module("layer", layer), _pre)
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
+        try:
+            model(**kwargs)
+        except StopForward:
+            pass
+    return seen
+
+
+def is_prefill(hidden: torch.Tensor, kwargs: dict | None = None, layer: int | None = None) -> bool:
+    """True on the first forward of a generation (the prompt), False on cached decode steps (from a decoder layer's
+    pre-hook pass its index as ``layer``)."""
+    return compat.is_prefill(hidden, kwargs, layer)
