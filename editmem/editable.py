@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -61,6 +62,11 @@ class EditableLLM:
 
     Open with :meth:`open`: it creates the store or reopens it, restoring every active edit from the stored
     artifacts without recomputation (facts with no artifact are applied, artifacts with no active fact dropped).
+
+    Thread safety: ``generate``, ``explain``, ``edit`` and ``forget`` may be called from several threads (LangChain's
+    ``batch``, parallel graph branches). They run one at a time on the shared model (a re-entrant lock: a forward's
+    hooks and a write's training cannot interleave), and each call's routing decision and trace come back with
+    that call. Pass several prompts to one :meth:`generate` for throughput: they run as one batched forward.
     """
 
     def __init__(self, loaded: LoadedModel, memory: EditMemory, strategy: Strategy, *, chat: bool | None = None):
@@ -70,6 +76,8 @@ class EditableLLM:
         self.memory = memory
         self.strategy = strategy
         self.chat = loaded.is_chat if chat is None else chat
+        #: serialises model calls and writes (see the class docstring)
+        self.lock = threading.RLock()
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -144,6 +152,10 @@ class EditableLLM:
         if isinstance(facts, (Fact, dict)):
             facts = [facts]
         parsed = [parse_fact(f, record=f"fact[{i}]") for i, f in enumerate(facts)]
+        with self.lock:
+            return self._edit_parsed(parsed, actor=actor, batch_size=batch_size)
+
+    def _edit_parsed(self, parsed: list[Fact], *, actor: str, batch_size: int | None) -> EditReport:
         report = EditReport()
         new: list[StoredFact] = []
         for fact in parsed:
@@ -172,6 +184,10 @@ class EditableLLM:
         """Retract facts: the ledger keeps them (marked retracted) and their edits are removed from the model."""
         if isinstance(fact_ids, str):
             fact_ids = [fact_ids]
+        with self.lock:
+            return self._forget(fact_ids, actor=actor, reason=reason)
+
+    def _forget(self, fact_ids: Sequence[str], *, actor: str, reason: str | None) -> list[StoredFact]:
         ids = [self.memory.resolve_id(i) if len(i) < 24 else i for i in fact_ids]
         for fact_id in ids:
             self.memory.get(fact_id)  # raises FactNotFoundError before anything changes
@@ -216,6 +232,12 @@ class EditableLLM:
         """Greedy (by default) generation for one prompt (str or chat messages) or a list of them (batched)."""
         single = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], dict))
         prompts = [prompt] if single else list(prompt)
+        with self.lock:  # the stated facts and the model's edits come from one state of the memory
+            results = self._generate(prompts, max_new_tokens=max_new_tokens, chat=chat, **generate_kwargs)
+        return results[0] if single else results
+
+    def _generate(self, prompts: list[PromptInput], *, max_new_tokens: int, chat: bool | None,
+                  **generate_kwargs: Any) -> list[Generation]:
         prepared = [self.prepare_prompt(p, chat=chat) for p in prompts]
         texts = [p for p, _ in prepared]
         use_chat = self.chat if chat is None else chat
@@ -224,30 +246,31 @@ class EditableLLM:
         generate_kwargs.setdefault("do_sample", False)
         if not generate_kwargs["do_sample"]:
             generate_kwargs.update(temperature=None, top_p=None, top_k=None)
-        self.strategy.begin_forward()
-        out = self.model.generate(
-            input_ids=input_ids.to(self.loaded.device),
-            attention_mask=attention_mask.to(self.loaded.device),
-            max_new_tokens=max_new_tokens,
-            pad_token_id=self.tokenizer.pad_token_id,
-            **generate_kwargs,
-        )
-        row_traces = self.strategy.last_traces
+        with self.strategy.forward_call() as call:
+            out = self.model.generate(
+                input_ids=input_ids.to(self.loaded.device),
+                attention_mask=attention_mask.to(self.loaded.device),
+                max_new_tokens=max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **generate_kwargs,
+            )
+        row_traces = call.traces
         results = []
         for row, (text, context_trace) in enumerate(prepared):
             new_tokens = out[row, input_ids.shape[1] :]
             answer = self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
             trace = context_trace if context_trace is not None else (row_traces[row] if row < len(row_traces) else None)
             results.append(Generation(prompt=text, text=answer, trace=trace))
-        return results[0] if single else results
+        return results
 
     def explain(self, prompt: PromptInput, *, max_new_tokens: int = 32) -> Explanation:
         """The answer with and without edits, and which stored facts influenced it (with scores)."""
         query = prompt if isinstance(prompt, str) else prompt[-1]["content"]
-        edited = self.generate(prompt, max_new_tokens=max_new_tokens)
-        with self.strategy.disabled():
-            base = self.generate(prompt, max_new_tokens=max_new_tokens)
-        trace = self.strategy.explain(query)
+        with self.lock:
+            edited = self.generate(prompt, max_new_tokens=max_new_tokens)
+            with self.strategy.disabled():
+                base = self.generate(prompt, max_new_tokens=max_new_tokens)
+            trace = self.strategy.explain(query)
         facts = []
         for fact_id in trace.fact_ids:
             stored = self.memory.get(fact_id)
@@ -257,7 +280,8 @@ class EditableLLM:
         return Explanation(prompt=query, answer=edited.text, base_answer=base.text, trace=trace, facts=facts)
 
     def close(self) -> None:
-        self.strategy.detach()
+        with self.lock:
+            self.strategy.detach()
 
     def __enter__(self) -> "EditableLLM":
         return self

@@ -127,11 +127,13 @@ def test_empty_memory_and_no_hit_are_bit_identical(tiny, tokenizer):
         base_prompt = _logits(model, tokenizer, FACT_A.prompt)
     assert torch.equal(_logits(model, tokenizer, UNRELATED), base)  # empty memory
     strategy.apply([stored(FACT_A)])
-    out = _logits(model, tokenizer, UNRELATED)
-    assert not strategy.last_traces[0].fired
+    with strategy.forward_call() as call:
+        out = _logits(model, tokenizer, UNRELATED)
+    assert not call.traces[0].fired
     assert torch.equal(out, base)  # below threshold: exactly the base forward
-    edited = _logits(model, tokenizer, FACT_A.prompt)
-    assert strategy.last_traces[0].fact_ids == [FACT_A.id]
+    with strategy.forward_call() as call:
+        edited = _logits(model, tokenizer, FACT_A.prompt)
+    assert call.traces[0].fact_ids == [FACT_A.id]
     assert edited.shape == base_prompt.shape  # the b value positions are dropped
     assert not torch.allclose(edited, base_prompt)
 
@@ -168,15 +170,17 @@ def test_forget_restores_base_and_readd_fires(tiny, tokenizer):
     assert strategy.applied_ids() == set()
     assert torch.equal(_logits(model, tokenizer, FACT_A.prompt), base)
     strategy.apply([stored(FACT_A)])  # re-add: fires again
-    _logits(model, tokenizer, FACT_A.prompt)
-    assert strategy.last_traces[0].fact_ids == [FACT_A.id]
+    with strategy.forward_call() as call:
+        _logits(model, tokenizer, FACT_A.prompt)
+    assert call.traces[0].fact_ids == [FACT_A.id]
 
 
 def test_cached_generation_equals_uncached_with_frozen_decision(tiny, tokenizer):
     model, strategy = tiny
     strategy.apply([stored(FACT_A)])
-    cached = _greedy(model, tokenizer, [FACT_A.prompt], use_cache=True)
-    assert strategy.last_traces[0].fired
+    with strategy.forward_call() as call:
+        cached = _greedy(model, tokenizer, [FACT_A.prompt], use_cache=True)
+    assert call.traces[0].fired
     # uncached reference: re-run the full sequence each step, with the decision frozen to the same entry
     ids = tokenizer(FACT_A.prompt)["input_ids"]
     n_prompt = len(ids)
@@ -193,8 +197,9 @@ def test_batched_generation_mixed_rows(tiny, tokenizer):
     model, strategy = tiny
     strategy.apply([stored(FACT_A), stored(FACT_B)])
     prompts = [UNRELATED, FACT_A.prompt, "Hello there, how", FACT_B.prompt]
-    batched = _greedy(model, tokenizer, prompts)
-    traces = strategy.last_traces
+    with strategy.forward_call() as call:
+        batched = _greedy(model, tokenizer, prompts)
+    traces = call.traces
     assert [t.fact_ids for t in traces] == [[], [FACT_A.id], [], [FACT_B.id]]
     singles = [_greedy(model, tokenizer, [p])[0] for p in prompts]
     assert batched == singles
@@ -279,8 +284,9 @@ def test_vote_tie_break(tokenizer, tmp_path, tie_break, winner):
     strategy.apply([stored(FACT_A), stored(FACT_B)])
     strategy._state = _ForwardState(attn2d=torch.ones(1, 3, dtype=torch.long), q_len=3, prefill=True)
     strategy._state.scores = {0: torch.tensor([[0.99, 0.90]]), 1: torch.tensor([[0.75, 0.98]])}
-    strategy._decide()
-    trace = strategy.last_traces[0]
+    with strategy.forward_call() as call:
+        strategy._decide()
+    trace = call.traces[0]
     assert trace.details["vote_count"] == 2
     assert trace.details["entry"] == strategy._order[winner]
     strategy.detach()
@@ -321,8 +327,9 @@ def test_same_subject_shares_one_entry(tiny, tokenizer):
     strategy.remove([FACT_A.id], active=[stored(FACT_A2)])  # retrain the shared value without the retracted fact
     entries = strategy.entries()
     assert len(entries) == 1 and entries[0]["facts"] == [FACT_A2.id]
-    _logits(model, tokenizer, FACT_A2.prompt)
-    assert strategy.last_traces[0].fact_ids == [FACT_A2.id]
+    with strategy.forward_call() as call:
+        _logits(model, tokenizer, FACT_A2.prompt)
+    assert call.traces[0].fact_ids == [FACT_A2.id]
 
 
 def test_save_reload_restores_without_retraining(tiny, tokenizer, tmp_path, monkeypatch):
@@ -353,9 +360,9 @@ def test_chat_template_restricts_retrieval_to_user_turn(tiny, tokenizer):
     mask = strategy._query_mask(ids, torch.ones_like(ids), ids.shape[1])
     kept = tokenizer.decode(ids[0][mask[0]])
     assert "Watts Humphrey" in kept and "SmolLM" not in kept and "assistant" not in kept
-    with torch.no_grad():
+    with torch.no_grad(), strategy.forward_call() as call:
         model(input_ids=ids)
-    assert strategy.last_traces[0].fact_ids == [FACT_A.id]
+    assert call.traces[0].fact_ids == [FACT_A.id]
 
 
 def test_eager_attention_and_gpt2(tokenizer, tmp_path):
@@ -366,8 +373,9 @@ def test_eager_attention_and_gpt2(tokenizer, tmp_path):
             base = _logits(model, tokenizer, UNRELATED)
         strategy.apply([stored(FACT_A)])
         assert torch.equal(_logits(model, tokenizer, UNRELATED), base)
-        _logits(model, tokenizer, FACT_A.prompt)
-        assert strategy.last_traces[0].fact_ids == [FACT_A.id]
+        with strategy.forward_call() as call:
+            _logits(model, tokenizer, FACT_A.prompt)
+        assert call.traces[0].fact_ids == [FACT_A.id]
         cached = _greedy(model, tokenizer, [FACT_A.prompt, UNRELATED])
         assert cached == [_greedy(model, tokenizer, [p])[0] for p in (FACT_A.prompt, UNRELATED)]
         strategy.detach()
@@ -388,8 +396,9 @@ def test_embedded_edit_changes_answer_and_paraphrase(tmp_path, embedded):
         assert _target_acc(model, tok, FACT_A.rephrases[0], FACT_A.target) >= 0.66
         assert torch.equal(_logits(model, tok, UNRELATED), base_unrelated)
         strategy.remove([FACT_A.id], active=[])
-        _logits(model, tok, FACT_A.prompt)
-        assert not strategy.last_traces[0].fired
+        with strategy.forward_call() as call:
+            _logits(model, tok, FACT_A.prompt)
+        assert not any(t.fired for t in call.traces)  # an empty memory reports nothing and fires nothing
     finally:
         strategy.detach()
 

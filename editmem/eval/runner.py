@@ -306,9 +306,7 @@ def run_eval(
                 if done % 25 == 0 or done == n:
                     say(f"  edited {done}/{n}")
             if mode == "final":
-                consolidate = getattr(llm.strategy, "consolidate", None)
-                if callable(consolidate):
-                    consolidate()  # pitfall 9: pending state is merged before scoring
+                llm.strategy.consolidate()  # pitfall 9: pending state is merged before scoring
                 say(f"post-edit measurements of {n} records on the final model")
         t0 = time.perf_counter()
         todo = [i for i in range(n) if post[i] is None]

@@ -5,8 +5,8 @@ Every measurement goes through the same path a user's query takes, so every stra
 * the prompt is prepared by ``llm.prepare_prompt(p, chat=False)`` (in-context strategies state their facts; for
   hook/weight strategies this is the identity), then ``prompt + " " + target`` is tokenised by
   :func:`editmem.tokens.encode_prompt_target`, the single definition of the prompt/target boundary;
-* ``llm.strategy.begin_forward()`` is called before each forward, which runs through ``llm.model`` (the
-  strategy's hooks are active), one prompt per forward (router strategies decide per call);
+* each forward runs inside ``llm.strategy.forward_call()`` through ``llm.model`` (the strategy's hooks are
+  active), one prompt per forward (router strategies decide per call);
 * generation metrics use ``llm.generate`` as a user would (chat template on chat models, greedy).
 """
 
@@ -48,9 +48,9 @@ class Scorer:
         ids = encoded.input_ids[:MAX_TOKENS]
         if encoded.start >= len(ids):
             raise ValueError(f"prompt alone is longer than {MAX_TOKENS} tokens: {prompt[:80]!r}...")
-        self.llm.strategy.begin_forward()
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.llm.loaded.device)
-        logits = self.llm.model(input_ids=input_ids).logits[0]
+        with self.llm.strategy.forward_call():
+            logits = self.llm.model(input_ids=input_ids).logits[0]
         return score_logits(logits, ids, encoded.start, mismatch=encoded.mismatch)
 
     def answer(self, prompt: str) -> str:

@@ -2,6 +2,7 @@
 
 from editmem.strategies.base import (
     EditTrace,
+    ForwardCall,
     Strategy,
     StrategyConfig,
     available_strategies,
@@ -22,6 +23,7 @@ __all__ = [
     "ContextConfig",
     "ContextStrategy",
     "EditTrace",
+    "ForwardCall",
     "LLPConfig",
     "LLPStrategy",
     "Strategy",

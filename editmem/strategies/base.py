@@ -18,13 +18,20 @@ method                 required  what it does
 ``rewrite_query()``    no        the query restated with retrieved facts (in-context strategies only)
 ``explain(prompt)``    no        which stored facts influence an answer to ``prompt``, with scores
 ``telemetry_rows()``   no        per-write diagnostics for reports (one flat row per write)
+``consolidate()``      no        fold pending edits into their long-term form (e.g. WISE's merge); no-op default
 =====================  ========  ===============================================================
+
+Per-call state. What one forward (or one ``generate``) decides and reports belongs to that call, not to the
+strategy: callers open ``with strategy.forward_call() as call:`` around the model call and read ``call.traces``
+(one per batch row) afterwards. The call object is thread-local; :class:`~editmem.EditableLLM` also serialises
+model calls and writes with a lock, since hooks on a shared model cannot run two forwards at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import typing
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -53,6 +60,14 @@ class EditTrace(BaseModel):
     @property
     def fired(self) -> bool:
         return bool(self.fact_ids)
+
+
+@dataclasses.dataclass
+class ForwardCall:
+    """The state of one user-facing forward or generation: filled by the strategy's hooks, read by the caller."""
+
+    traces: list[EditTrace | None] = dataclasses.field(default_factory=list)
+    """One trace per batch row (retrieval strategies); empty when the strategy reports none."""
 
 
 @dataclasses.dataclass
@@ -161,12 +176,20 @@ class Strategy(ABC):
         self.artifacts = artifacts
         self.memory = memory
         self.attached = False
-        #: traces of the last forward/generate call, one per batch row (filled by retrieval strategies)
-        self.last_traces: list[EditTrace | None] = []
+        self._calls = threading.local()
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def __getstate__(self) -> dict[str, Any]:  # copies get their own (empty) per-thread call state
+        state = self.__dict__.copy()
+        state.pop("_calls", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._calls = threading.local()
 
     # -- write path ----------------------------------------------------------------------------
     @abstractmethod
@@ -232,13 +255,36 @@ class Strategy(ABC):
     def rewrite_query(self, query: str) -> tuple[str | None, EditTrace | None]:
         """``query`` restated with the facts it needs (in-context strategies); None when nothing changes.
 
-        Strategies acting inside the model keep the default (no rewrite) and report what fired in ``last_traces``.
+        Strategies acting inside the model keep the default (no rewrite) and report what fired in the traces of
+        their :meth:`forward_call`.
         """
         return None, None
 
+    @contextmanager
+    def forward_call(self):
+        """``with strategy.forward_call() as call: model(...)``: the per-call state of one user-facing forward or
+        generation (``call.traces``); calls nest (the inner one is its own call)."""
+        outer = getattr(self._calls, "current", None)
+        call = ForwardCall()
+        self._calls.current = call
+        self.begin_forward()
+        try:
+            yield call
+        finally:
+            self._calls.current = outer
+
+    def current_call(self) -> ForwardCall:
+        """The call being run in this thread; a throw-away one for a forward run outside :meth:`forward_call`
+        (its traces are then not reported to anyone)."""
+        call = getattr(self._calls, "current", None)
+        return call if call is not None else ForwardCall()
+
     def begin_forward(self) -> None:
-        """Called before each user-facing forward/generate; retrieval strategies reset their per-row traces."""
-        self.last_traces = []
+        """Called at the start of each :meth:`forward_call` (strategies that keep per-forward state reset it)."""
+
+    def consolidate(self) -> None:
+        """Fold pending edits into their long-term form (WISE merges side memories); a no-op for strategies that
+        keep nothing pending."""
 
     def explain(self, prompt: str) -> EditTrace:
         """Which stored facts influence an answer to ``prompt``, with scores."""

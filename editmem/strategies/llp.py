@@ -1200,7 +1200,7 @@ class LLPStrategy(Strategy):
         return hook
 
     def _decide(self) -> None:
-        """Votes across retrieval layers -> one entry (or none) per row; fills ``last_traces``."""
+        """Votes across retrieval layers -> one entry (or none) per row; the traces go to the current call."""
         state = self._state
         cfg = self.cfg
         mats = self._get_matrices()
@@ -1250,7 +1250,7 @@ class LLPStrategy(Strategy):
                 if d is not None:
                     rows[row] = values[d]
             state.values = rows
-        self.last_traces = traces
+        self.current_call().traces = traces
 
     def _trace(self, row: int, winner: int | None, votes: torch.Tensor, per_layer: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> EditTrace:
         layers = {}
@@ -1310,11 +1310,11 @@ class LLPStrategy(Strategy):
     def retrieve(self, prompts: Sequence[str], *, batch_size: int = 16) -> list[EditTrace]:
         """The retrieval decision for each prompt (raw text, as tokenised by the tokenizer), without injecting.
 
-        Runs only the layers below ``z`` (batched, left-padded); ``last_traces`` is left untouched.
+        Runs only the layers below ``z`` (batched, left-padded), each batch as its own :meth:`forward_call`.
         """
         if not self._order:
             return [EditTrace(strategy=self.name, details={"note": "memory is empty"}) for _ in prompts]
-        was, saved = self.attached, self.last_traces
+        was = self.attached
         if not was:
             self.attach()
         traces: list[EditTrace] = []
@@ -1324,16 +1324,15 @@ class LLPStrategy(Strategy):
                 seqs = [self.tokenizer(p)["input_ids"] for p in prompts[lo : lo + batch_size]]
                 ids, mask = pad_batch(seqs, self.tokenizer.pad_token_id or 0, side="left")
                 self._state = _ForwardState()
-                self.last_traces = []
-                try:
-                    self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
-                except StopForward:
-                    pass
-                traces.extend(self.last_traces or [EditTrace(strategy=self.name) for _ in seqs])
+                with self.forward_call() as call:
+                    try:
+                        self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
+                    except StopForward:
+                        pass
+                traces.extend(call.traces or [EditTrace(strategy=self.name) for _ in seqs])
         finally:
             self._explain_only = False
             self._state = _ForwardState()
-            self.last_traces = saved
             if not was:
                 self.detach()
         return traces
