@@ -108,28 +108,35 @@ def capture(modules: dict[str, nn.Module], *, what: str = "output", detach: bool
 
 
 @torch.no_grad()
-def read_layer_input(model: nn.Module, adapter, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, layer: int,
-                     *, outputs: Iterable[int] = ()) -> dict[str, Any]:
-    """Run the model up to decoder ``layer`` and return what enters it: ``{"hidden": [B, T, d], "kwargs": the other
-    layer arguments by name (no cache), "outputs": {i: output hidden state of layer i < layer}}``.
+def read_layers(model: nn.Module, adapter, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *,
+                outputs: Iterable[int] = (), input_of: int | None = None) -> dict[str, Any]:
+    """The shared bottom capture: run the model (no KV cache) only as far as needed and return
+    ``{"outputs": {i: output hidden state of layer i}, "raw": {i: layer i's output as returned},
+    "hidden": / "kwargs": what enters layer ``input_of`` (hidden states; the other arguments by name, no cache)}``.
 
-    The bottom of the model runs once, without a KV cache, and stops at ``layer``: the shared first step of every
-    strategy that optimises something injected at or above a layer (the layers below do not depend on it).
+    The forward stops at the input of ``input_of`` or after the deepest of ``outputs``, whichever comes later:
+    every strategy that optimises something injected at or above a layer runs the layers below once, with this.
     """
-    seen: dict[str, Any] = {"outputs": {}}
-    with HookSet("read-layer-input") as hooks:
+    outputs = sorted(set(outputs))
+    stop_at_input = input_of is not None and (not outputs or input_of > outputs[-1])
+    seen: dict[str, Any] = {"outputs": {}, "raw": {}}
+    with HookSet("read-layers") as hooks:
         for i in outputs:
             def _out(_m, _a, output, _i=i):
                 seen["outputs"][_i] = hidden_of(output).detach()
+                seen["raw"][_i] = output
+                if not stop_at_input and _i == outputs[-1]:
+                    raise StopForward
 
             hooks.add_output_hook(adapter.module("layer", i), _out)
+        if input_of is not None:
+            def _pre(module, args, kwargs):
+                hidden, named = adapter.layer_arguments(module, args, kwargs)
+                seen["hidden"], seen["kwargs"] = hidden.detach(), compat.without_cache(named)
+                if stop_at_input:
+                    raise StopForward
 
-        def _pre(module, args, kwargs):
-            hidden, named = adapter.layer_arguments(module, args, kwargs)
-            seen["hidden"], seen["kwargs"] = hidden.detach(), compat.without_cache(named)
-            raise StopForward
-
-        hooks.add_input_hook(adapter.module("layer", layer), _pre)
+            hooks.add_input_hook(adapter.module("layer", input_of), _pre)
         kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False}
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
@@ -138,6 +145,12 @@ def read_layer_input(model: nn.Module, adapter, input_ids: torch.Tensor, attenti
         except StopForward:
             pass
     return seen
+
+
+def read_layer_input(model: nn.Module, adapter, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, layer: int,
+                     *, outputs: Iterable[int] = ()) -> dict[str, Any]:
+    """What enters decoder ``layer`` (and the outputs of layers ``outputs`` below it): :func:`read_layers`."""
+    return read_layers(model, adapter, input_ids, attention_mask, outputs=outputs, input_of=layer)
 
 
 def is_prefill(hidden: torch.Tensor, kwargs: dict | None = None, layer: int | None = None) -> bool:

@@ -12,6 +12,25 @@ from editmem.adapters.compat import decode_step
 
 
 @torch.no_grad()
+def sample_continuations(model, start_ids: torch.Tensor, *, new_tokens: int, top_k: int,
+                         generator: torch.Generator) -> torch.Tensor:
+    """``start_ids`` ``[B, s]`` (rows of equal length) followed by ``new_tokens`` top-k samples each, ``[B, s + n]``.
+
+    The one sampling loop of the write paths (prefixes, LLP's generic-text pool): cached decoding, the model as it
+    is (callers detach their strategy first), draws from ``generator`` one step at a time for all rows.
+    """
+    device = next(model.parameters()).device
+    ids = start_ids.cpu()
+    step, cache = ids, None
+    for _ in range(new_tokens):
+        logits, cache = decode_step(model, step.to(device), cache)
+        top = torch.topk(logits[:, -1].float().cpu(), top_k, dim=-1)
+        choice = top.indices.gather(1, torch.multinomial(torch.softmax(top.values, -1), 1, generator=generator))
+        ids = torch.cat([ids, choice], dim=1)
+        step = choice
+    return ids
+
+
 def sample_prefixes(
     model,
     tokenizer,
@@ -28,7 +47,6 @@ def sample_prefixes(
     None, ``n`` prefixes start from the tokenizer's BOS (or EOS) token (LLP). Returned texts have special tokens
     removed and keep their seed text.
     """
-    device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
     if starts is None:
         start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -36,19 +54,8 @@ def sample_prefixes(
     else:
         rows = [tokenizer(s)["input_ids"] for s in starts]
     texts = []
-    for ids in rows:
-        input_ids = torch.tensor([ids], device=device)
-        cache = None
-        generated: list[int] = []
-        step_input = input_ids
-        for _ in range(max_new_tokens):
-            logits, cache = decode_step(model, step_input, cache)
-            logits = logits[0, -1].float().cpu()
-            top = torch.topk(logits, top_k)
-            probs = torch.softmax(top.values, dim=-1)
-            choice = top.indices[torch.multinomial(probs, 1, generator=generator)].item()
-            generated.append(choice)
-            step_input = torch.tensor([[choice]], device=device)
-        text = tokenizer.decode(ids + generated, skip_special_tokens=True)
+    for ids in rows:  # one row at a time: the start texts differ in length
+        out = sample_continuations(model, torch.tensor([ids]), new_tokens=max_new_tokens, top_k=top_k, generator=generator)
+        text = tokenizer.decode(out[0].tolist(), skip_special_tokens=True)
         texts.append(text.replace("{", " ").replace("}", " "))
     return texts

@@ -40,7 +40,9 @@ import torch.nn.functional as F
 
 from editmem.adapters import compat
 from editmem.facts import StoredFact
-from editmem.interventions import HookSet, StopForward, hidden_of, replace_hidden
+from editmem.optim import MaskedAdam
+from editmem.prefixes import sample_continuations
+from editmem.interventions import HookSet, StopForward, hidden_of, read_layers, replace_hidden
 from editmem.strategies.base import EditTrace, Strategy, StrategyConfig, register_strategy
 from editmem.shadow import resolve_dtype, shadow_blocks
 from editmem.tokens import encode_chat_answer, encode_prompt_target, length_buckets, pad_batch, subject_last_token_index
@@ -552,33 +554,19 @@ class LLPStrategy(Strategy):
 
     @torch.no_grad()
     def _bottom(self, input_ids: torch.Tensor, attn2d: torch.Tensor, layers: Sequence[int], *, stop_at_z: bool) -> dict[str, Any]:
-        """Run the frozen model up to the highest needed layer; return outputs of ``layers`` and (optionally) the input
-        hidden states + kwargs of layer ``z``. Hooks of the strategy are bypassed (``_dry_run`` prevents injection)."""
-        seen: dict[str, Any] = {}
-        last = max(layers) if layers else -1
-        z = self.cfg.injection_layer
-        with HookSet("llp-capture") as hooks:
-            for layer in layers:
-                def _out(_m, _a, output, _l=layer):
-                    seen[_l] = hidden_of(output).detach()
-                    if not stop_at_z and _l == last:
-                        raise StopForward
-                hooks.add_output_hook(self.adapter.module("layer", layer), _out)
-            if stop_at_z:
-                def _pre(module, args, kwargs):
-                    hidden, named = self.adapter.layer_arguments(module, args, kwargs)
-                    seen["h"] = hidden.detach()
-                    seen["kwargs"] = named
-                    raise StopForward
-                hooks.add_input_hook(self.adapter.module("layer", z), _pre)
-            was, self._dry_run = self._dry_run, True
-            try:
-                self.model(input_ids=input_ids.to(self.device), attention_mask=attn2d.to(self.device), use_cache=False)
-            except StopForward:
-                pass
-            finally:
-                self._dry_run = was
-        return seen
+        """Outputs of ``layers`` (by index) and, with ``stop_at_z``, the input hidden states (``"h"``) and kwargs of
+        layer ``z``, from one frozen forward that stops as early as it can (:func:`~editmem.interventions.read_layers`;
+        ``_dry_run`` keeps the strategy's own hooks passive)."""
+        was, self._dry_run = self._dry_run, True
+        try:
+            seen = read_layers(self.model, self.adapter, input_ids.to(self.device), attn2d.to(self.device), outputs=layers,
+                               input_of=self.cfg.injection_layer if stop_at_z else None)
+        finally:
+            self._dry_run = was
+        out: dict[Any, Any] = dict(seen["outputs"])
+        if stop_at_z:
+            out["h"], out["kwargs"] = seen["hidden"], seen["kwargs"]
+        return out
 
     # ------------------------------------------------------------------ shared write-path resources
     def _prefixes(self) -> list[str]:
@@ -623,20 +611,12 @@ class LLPStrategy(Strategy):
                 starts.append([self._start_token_id()] + tok(str(1 + i % 9), add_special_tokens=False)["input_ids"][:1])
             width = max(len(x) for x in starts)
             starts = [x + x[-1:] * (width - len(x)) for x in starts]  # all starts have the same length (1 or 2)
-            ids = torch.tensor(starts, dtype=torch.long)
-            cache = None
-            step = ids
             was = self.attached
             if was:
                 self.detach()
             try:
-                for _ in range(cfg.generic_tokens - ids.shape[1]):
-                    logits, cache = self.adapter.decode_step(step.to(self.device), cache)
-                    logits = logits[:, -1].float().cpu()
-                    top = torch.topk(logits, cfg.generic_top_k, dim=-1)
-                    choice = top.indices.gather(1, torch.multinomial(torch.softmax(top.values, -1), 1, generator=gen))
-                    ids = torch.cat([ids, choice], dim=1)
-                    step = choice
+                ids = sample_continuations(self.model, torch.tensor(starts, dtype=torch.long), top_k=cfg.generic_top_k,
+                                           new_tokens=cfg.generic_tokens - len(starts[0]), generator=gen)
                 seen = self._bottom(ids, torch.ones_like(ids), self.cfg.retrieval_layers, stop_at_z=False)
             finally:
                 if was:
@@ -729,7 +709,7 @@ class LLPStrategy(Strategy):
         b = self.cfg.b
         ids, attn = pad_batch([r[0] for r in rows], self.tokenizer.pad_token_id or 0, side="right")
         cap = self._bottom(ids, attn, [], stop_at_z=True)
-        kwargs = compat.without_cache(cap["kwargs"])
+        kwargs = cap["kwargs"]
         sup_row, sup_pos, sup_lbl = [], [], []  # supervised positions (in the b-extended sequence) and labels
         for i, (seq, start) in enumerate(rows):
             for t in range(start, len(seq)):
@@ -786,7 +766,7 @@ class LLPStrategy(Strategy):
         cfg = self.cfg
         v = v0.clone().requires_grad_(True)
         v0_norm = v0.flatten(1).norm(dim=1).clamp_min(1e-6)
-        adam = _MaskedAdam(v, lr=cfg.value_lr)
+        adam = MaskedAdam(v, lr=cfg.value_lr)
         active = torch.ones(n_jobs, dtype=torch.bool, device=self.device)
         final_nll = torch.full((n_jobs,), float("nan"))
         steps_used = torch.zeros(n_jobs, dtype=torch.long)
@@ -924,7 +904,7 @@ class LLPStrategy(Strategy):
         pool = self._generic() if hinge else None
         qn = F.normalize(queries, dim=-1)
         k = k0.clone().requires_grad_(True)
-        adam = _MaskedAdam(k, lr=cfg.key_lr)
+        adam = MaskedAdam(k, lr=cfg.key_lr)
         active = torch.ones(k.shape[0], dtype=torch.bool)
         gen = torch.Generator().manual_seed(seed * 31 + 17)
         tau = conf.key_temperature
@@ -1370,40 +1350,6 @@ def _frozen(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-
-
-class _MaskedAdam:
-    """Adam (PyTorch defaults) on one tensor whose leading-dimension rows can be frozen individually.
-
-    Equivalent to one ``torch.optim.Adam`` per row with the row's loop stopped at its own early-stop step (frozen
-    rows get neither a parameter update nor a moment update).
-    """
-
-    def __init__(self, param: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
-        self.m = torch.zeros_like(param)
-        self.v = torch.zeros_like(param)
-        self.t = torch.zeros(param.shape[0], dtype=torch.float32, device=param.device)
-
-    def zero_grad(self) -> None:
-        self.param.grad = None
-
-    @torch.no_grad()
-    def step(self, active: torch.Tensor) -> None:
-        grad = self.param.grad
-        if grad is None:
-            return
-        b1, b2 = self.betas
-        act = active.to(self.param.device)
-        self.t += act.flatten().float()
-        self.m = torch.where(act, b1 * self.m + (1 - b1) * grad, self.m)
-        self.v = torch.where(act, b2 * self.v + (1 - b2) * grad * grad, self.v)
-        shape = (-1,) + (1,) * (self.param.dim() - 1)
-        t = self.t.clamp_min(1).view(shape)
-        m_hat = self.m / (1 - b1**t)
-        v_hat = self.v / (1 - b2**t)
-        update = self.lr * m_hat / (v_hat.sqrt() + self.eps)
-        self.param.sub_(torch.where(act, update, torch.zeros_like(update)))
 
 
 register_strategy(name="llp", config_cls=LLPConfig, strategy_cls=LLPStrategy)

@@ -27,14 +27,14 @@ With ``train_dtype="float32"`` and ``prefix_cache=False`` the computation is the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from editmem.adapters import compat
-from editmem.interventions import HookSet, StopForward, hidden_of
+from editmem.optim import MaskedAdam
+from editmem.interventions import HookSet, StopForward, hidden_of, read_layers
 from editmem.shadow import resolve_dtype, shadow_of, shadowed_layers
 from editmem.strategies.locate.forward import pad_id_of, right_pad, skip_bottom
 from editmem.strategies.locate.requests import EditRequest, build_rows
@@ -75,17 +75,6 @@ class ValueResult:
     delta_ratio: list[float]
 
 
-def _adam_update(param, grad, m, v, step: int, lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
-    """``torch.optim.Adam`` (no weight decay, no amsgrad) applied to ``param`` rows, in place."""
-    b1, b2 = betas
-    m.mul_(b1).add_(grad, alpha=1 - b1)
-    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-    bc1 = 1 - b1**step
-    bc2 = 1 - b2**step
-    denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
-    param.addcdiv_(m, denom, value=-lr / bc1)
-
-
 def compute_values(
     model,
     tokenizer,
@@ -124,24 +113,9 @@ def _compute_chunk(model, tokenizer, adapter, requests, templates, z_layer, para
     lookup = torch.tensor([r.lookup for r in rows], device=device)
     owner_t = torch.tensor(owner, device=device)
 
-    # bottom run, once: block z_layer's output (and its output structure, for the stubs)
-    seen: dict[str, object] = {}
-    with torch.no_grad(), HookSet("compute-z-bottom") as hooks:
-
-        def _grab(_m, _a, output):
-            seen["out"] = output
-            raise StopForward
-
-        def _kwargs(_m, _args, kwargs):
-            seen["kwargs"] = dict(kwargs)
-
-        hooks.add_input_hook(adapter.module("layer", z_layer), _kwargs)
-        hooks.add_output_hook(adapter.module("layer", z_layer), _grab)
-        try:
-            model(input_ids=ids, attention_mask=mask, use_cache=False)
-        except StopForward:
-            pass
-    out = seen["out"]
+    # bottom run, once: block z_layer's output (and its output structure, for the stubs) and its input arguments
+    seen = read_layers(model, adapter, ids, mask, outputs=[z_layer], input_of=z_layer)
+    out = seen["raw"][z_layer]
     h_bottom = hidden_of(out).detach()
     like = tuple(x.detach() if torch.is_tensor(x) else x for x in out) if isinstance(out, tuple) else None
     bare_t = torch.tensor(bare, device=device)
@@ -168,7 +142,7 @@ def _compute_chunk(model, tokenizer, adapter, requests, templates, z_layer, para
     kl_t = torch.tensor(kl_row, device=device)
 
     delta = torch.zeros_like(h_init)
-    m, v = torch.zeros_like(delta), torch.zeros_like(delta)
+    adam = MaskedAdam(delta, lr=params.v_lr)  # every row steps until its edit meets the stopping rule
     active = torch.ones(n, dtype=torch.bool, device=device)
     final_loss = [float("nan")] * n
     final_nll = [float("nan")] * n
@@ -248,16 +222,15 @@ def _compute_chunk(model, tokenizer, adapter, requests, templates, z_layer, para
             if it == params.v_num_grad_steps - 1:
                 break
             loss.sum().backward()
-            grad = d_act.grad.detach()
-            keep = ~done
-            upd = act_idx[keep]
+            grad = torch.zeros_like(delta).index_copy_(0, act_idx, d_act.grad.detach())
+            upd = act_idx[~done]
             if upd.numel():
-                p_rows, m_rows, v_rows = delta[upd].clone(), m[upd].clone(), v[upd].clone()
-                _adam_update(p_rows, grad[keep], m_rows, v_rows, it + 1, params.v_lr)
+                adam.step(torch.zeros(n, dtype=torch.bool).index_fill_(0, upd.cpu(), True), grad)
+                p_rows = delta[upd]
                 max_norm = params.clamp_norm_factor * h_norm[upd]
                 norms = p_rows.norm(dim=1)
                 scale = torch.where(norms > max_norm, max_norm / norms, torch.ones_like(norms))
-                delta[upd], m[upd], v[upd] = p_rows * scale[:, None], m_rows, v_rows
+                delta[upd] = p_rows * scale[:, None]
             active[act_idx[done]] = False
         stub.hidden = None
     z = (h_init + delta).T.contiguous()
