@@ -1,0 +1,36 @@
+"""``llp``: Layer-Level Prompting ("Think and Recall", Wang et al.), a retrieval-gated key/value edit memory.
+
+An *entry* (one per subject) is a key and a value:
+
+* **key** ``[m, d]``: for each retrieval layer ``r`` in ``R``, a vector resembling the output of layer ``r`` at
+  the last subject token. Initialised as the mean of that state over random context prefixes, then refined by
+  InfoNCE against the keys already stored (negatives capped), optionally with hinge terms against a pool of
+  generic token states sampled from the model itself (the measured fix for "hub" keys on small models,
+  ``docs/strategies/llp.md``).
+* **value** ``[b, d]``: ``b`` continuous vectors prepended to the hidden sequence entering layer ``z``, trained
+  with the edit loss through layers ``z..L-1`` only (the frozen bottom is computed once per edit).
+
+At inference the outputs of the retrieval layers are compared (cosine) with that layer's keys; every layer votes
+for its top-k entries above ``t_layer``; the entry with the most votes is injected at the input of layer ``z``
+iff it has at least ``t_vote`` votes. The decision is made once, on the prompt (prefill), and holds for every
+generated token: the value's key/value states stay in the KV cache of layers ``>= z``, so the injected prefix is
+computed once per generation. With no hit, no tensor of the forward pass is touched (bit-identical to the base
+model).
+
+Layout. Real tokens keep positions ``0..n-1`` in every layer and the value vectors get positions ``-b..-1`` in
+layers ``>= z``; with rotary embeddings this is the paper's layout (value at ``0..b-1``, tokens shifted by ``b``
+from layer ``z`` on) up to a common shift, which attention does not see. It lets layers below and above ``z``
+share the model's own position embeddings and KV-cache bookkeeping. Layers ``>= z`` get an attention mask with
+``b`` extra key columns (allowed for rows that hit, masked for rows that miss in a mixed batch).
+"""
+
+from editmem.strategies.llp.config import PRESETS, LLPConfig, ResolvedLLP
+from editmem.strategies.llp.records import (  # noqa: F401  (tests, bench)
+    _Entry,
+    _FactRec,
+    _ForwardState,
+    _subject_index,
+)
+from editmem.strategies.llp.strategy import LLPStrategy
+
+__all__ = ["PRESETS", "LLPConfig", "LLPStrategy", "ResolvedLLP"]
