@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
-
 from editmem.adapters import compat
+from torch import nn
 
 #: Anchors a strategy may ask for. Layer-scoped anchors take a layer index.
 ANCHORS: dict[str, str] = {

@@ -17,11 +17,11 @@ generated token: the value's key/value states stay in the KV cache of layers ``>
 computed once per generation. With no hit, no tensor of the forward pass is touched (bit-identical to the base
 model).
 
-Layout. Real tokens keep positions ``0..n-1`` in every layer and the value vectors get positions ``-b..-1`` in
-layers ``>= z``; with rotary embeddings this is the paper's layout (value at ``0..b-1``, tokens shifted by ``b``
-from layer ``z`` on) up to a common shift, which attention does not see. It lets layers below and above ``z``
-share the model's own position embeddings and KV-cache bookkeeping. Layers ``>= z`` get an attention mask with
-``b`` extra key columns (allowed for rows that hit, masked for rows that miss in a mixed batch).
+Layout: the shared prefix injection (:class:`editmem.injection.PrefixInjection`): value positions ``-b..-1`` in
+layers ``>= z``, ``b`` extra key columns allowed for rows that hit.
+
+Modules: ``config`` (presets, :class:`LLPConfig`), ``records``, ``resources`` (bottom pass, prefix bank, generic
+pool), ``values`` / ``keys`` (training), ``router`` (inference hooks, vote, explain), ``strategy`` (the class).
 """
 
 from editmem.strategies.llp.config import PRESETS, LLPConfig, ResolvedLLP

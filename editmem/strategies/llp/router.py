@@ -222,11 +222,11 @@ class Router:
                 return None
             hidden, named = self.adapter.layer_arguments(module, args, kwargs)
             if layer == z or state.layer_kwargs is None:
-                state.layer_kwargs = self._extend_layer_kwargs(named, state.attn2d.to(hidden.device), state.q_len,
+                state.layer_kwargs = self._injection.layer_kwargs(named, state.attn2d.to(hidden.device), state.q_len,
                                                                state.hit, state.prefill, hidden)
                 if layer == z and state.prefill:
                     state.injecting_now = True
-                    hidden = torch.cat([state.values.to(hidden.dtype), hidden], dim=1)
+                    hidden = self._injection.prepend(hidden, state.values)
             return (hidden,), {**named, **state.layer_kwargs}
 
         return hook
@@ -234,7 +234,7 @@ class Router:
     def _on_last_output(self, _module, _args, output):
         state = self._state
         if state.injecting_now and not self._dry_run:
-            return replace_hidden(output, hidden_of(output)[:, self.cfg.b :])
+            return replace_hidden(output, self._injection.strip(hidden_of(output)))
         return None
 
     # ------------------------------------------------------------------ explain

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from editmem.facts import StoredFact
+from editmem.injection import PrefixInjection
 from editmem.interventions import HookSet
 from editmem.strategies.base import Strategy, register_strategy
 from editmem.strategies.llp.config import LLPConfig, ResolvedLLP
 from editmem.strategies.llp.keys import KeyTraining
-from editmem.strategies.llp.layout import PromptLayout
 from editmem.strategies.llp.records import _Entry, _FactRec, _ForwardState
 from editmem.strategies.llp.resources import WriteResources
 from editmem.strategies.llp.router import Router
@@ -25,7 +25,7 @@ from editmem.strategies.llp.values import ValueTraining
 logger = logging.getLogger("editmem.strategies.llp")
 
 
-class LLPStrategy(Router, KeyTraining, ValueTraining, WriteResources, PromptLayout, Strategy):
+class LLPStrategy(Router, KeyTraining, ValueTraining, WriteResources, Strategy):
     """Layer-Level Prompting: retrieval-gated layer-level prompts (see the module docstring)."""
 
     batch_safe = True  # retrieval, vote and injection are decided per row (tests/test_llp.py: mixed batches)
@@ -43,12 +43,11 @@ class LLPStrategy(Router, KeyTraining, ValueTraining, WriteResources, PromptLayo
         self._query_lengths: list[int] | None = None
         self._prefix_bank: list[str] | None = None
         self._generic_pool: torch.Tensor | None = None  # [m, S, d] normalised
-        self._value_pe: tuple[torch.Tensor, torch.Tensor] | None = None
         self._chat_markers: tuple[list[int], list[int]] | None | bool = False
         self._special_ids = torch.tensor(sorted(set(getattr(self.tokenizer, "all_special_ids", []) or [])), dtype=torch.long)
         self._fingerprint: str | None = None
         try:
-            self._bool_mask = self.adapter.boolean_masks
+            self._injection = PrefixInjection(self.adapter, self.cfg.b)  # the value: b vectors in front at layer z
         except ValueError as exc:
             raise ValueError(f"llp: {exc}") from None
         #: per-edit training log (last apply call), for benchmarks

@@ -129,7 +129,7 @@ class ValueTraining:
         if sel.numel() == 0:
             return None
         hit = torch.ones(sel.numel(), dtype=torch.bool, device=self.device)
-        kw = self._extend_layer_kwargs(_index_kwargs(bucket.kwargs, sel, n_rows), bucket.attn[sel], bucket.attn.shape[1],
+        kw = self._injection.layer_kwargs(_index_kwargs(bucket.kwargs, sel, n_rows), bucket.attn[sel], bucket.attn.shape[1],
                                        hit, True, bucket.h_z)
         hidden = torch.cat([v[bucket.owner[sel]], bucket.h_z[sel]], dim=1)
         for block in blocks:

@@ -33,8 +33,9 @@ from dataclasses import dataclass
 import torch
 
 from editmem.adapters import compat
-from editmem.optim import MaskedAdam
+from editmem.injection import add_at_positions
 from editmem.interventions import HookSet, StopForward, hidden_of, read_layers
+from editmem.optim import MaskedAdam
 from editmem.shadow import resolve_dtype, shadow_of, shadowed_layers
 from editmem.strategies.locate.forward import pad_id_of, right_pad, skip_bottom
 from editmem.strategies.locate.requests import EditRequest, build_rows
@@ -179,10 +180,7 @@ def _compute_chunk(model, tokenizer, adapter, requests, templates, z_layer, para
                     def final_at(r, pos):  # slots are counted from each row's lookup token
                         return norm_mod(h_top[r, pos - lookup[row_sel[r]]])
                 else:
-                    add = torch.zeros_like(h_bottom[row_sel]).index_put(
-                        (torch.arange(row_sel.numel(), device=device), lookup[row_sel]), d_act[remap[owner_t[row_sel]]]
-                    )
-                    stub.hidden = h_bottom[row_sel] + add
+                    stub.hidden = add_at_positions(h_bottom[row_sel], d_act[remap[owner_t[row_sel]]], lookup[row_sel])
                     finals.clear()
                     with HookSet("compute-z-top") as hooks:
                         hooks.add_output_hook(norm_mod, _final)
