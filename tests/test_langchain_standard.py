@@ -4,7 +4,7 @@ Configuration, and why:
 
 * ``standard_chat_model_params`` drops ``api_key`` and ``max_retries``: a local model has no key and nothing to
   retry, and ``EditMemChatModel`` rejects unknown fields (``extra="forbid"``) instead of ignoring them.
-* ``max_tokens=64`` and ``max_string_length=64``: room for a compact tool call or a short structured answer
+* ``max_tokens=64`` and ``max_string_length=40``: room for a compact tool call or a short structured answer
   (strings capped so a repeating 135M model closes them); keeps the suite fast.
 * The ``context`` strategy (no training) with one stored fact, so every answer goes through a real edit memory.
 
@@ -16,6 +16,7 @@ model wraps a live ``EditableLLM``) and init-from-environment (no API key to rea
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
@@ -25,8 +26,7 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 from editmem import EditableLLM
 from editmem.integrations.langchain import EditMemChatModel
 
-# the suites' async tests need pytest-asyncio (a langchain-tests dependency) in its default strict mode
-pytestmark = [pytest.mark.embedded, pytest.mark.asyncio]
+pytestmark = pytest.mark.embedded
 
 FACT = {"subject": "Intel", "prompt": "Who is the CEO of Intel?", "target": "Lip-Bu Tan"}
 
@@ -61,7 +61,7 @@ class _Params:
         params.pop("api_key", None)
         params.pop("max_retries", None)
         params["max_tokens"] = 64
-        params["max_string_length"] = 64
+        params["max_string_length"] = 40
         return params
 
     @property
@@ -75,3 +75,11 @@ class TestEditMemChatModelUnit(_Params, ChatModelUnitTests):
 
 class TestEditMemChatModelIntegration(_Params, ChatModelIntegrationTests):
     pass
+
+
+# The suites' async tests need pytest-asyncio (a langchain-tests dependency), which runs in strict mode here: mark
+# exactly the coroutine tests (a module-wide mark would also land on the sync ones, with a warning each).
+for _cls in (TestEditMemChatModelUnit, TestEditMemChatModelIntegration):
+    for _name, _fn in inspect.getmembers(_cls, inspect.iscoroutinefunction):
+        if _name.startswith("test_"):
+            setattr(_cls, _name, pytest.mark.asyncio(_fn))
