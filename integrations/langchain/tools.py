@@ -114,7 +114,10 @@ class FactEditor(RunnableSerializable[Any, dict]):
             if isinstance(facts, FactInput):
                 facts = facts.model_dump(exclude_none=True)
             if isinstance(facts, dict) and "source_uri" in facts:
-                facts = {**facts, "provenance": {**facts.get("provenance", {}), "source_uri": facts.pop("source_uri")}}
+                facts = dict(facts)
+                uri = facts.pop("source_uri")
+                if uri is not None:
+                    facts["provenance"] = {**(facts.get("provenance") or {}), "source_uri": uri}
             return self.llm.edit(facts, actor=self.actor).model_dump()
 
         return self._call_with_config(write, input, config)
