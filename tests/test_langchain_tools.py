@@ -101,12 +101,12 @@ def tiny_llm(tmp_path, tiny_loaded) -> EditableLLM:
 
 
 def test_memory_tools_write_with_agent_provenance_and_typed_schemas(tiny_llm):
-    tools = {t.name: t for t in memory_tools(tiny_llm, agent="scout")}
+    tools = {t.name: t for t in memory_tools(tiny_llm, agent="scout", source_uri="tool:news")}
     assert set(tools) == {"remember_fact", "forget_fact", "search_facts", "explain_answer"}
-    assert set(tools["remember_fact"].args) == {"subject", "prompt", "target", "source_uri"}
+    assert list(tools["remember_fact"].args) == ["question", "answer"]
     assert tools["search_facts"].args["k"]["type"] == "integer"
-    report = tools["remember_fact"].invoke({"subject": "Intel", "prompt": "Who is the CEO of Intel?",
-                                            "target": "Lip-Bu Tan", "source_uri": "tool:news"})
+    report = tools["remember_fact"].invoke({"question": "Who is the CEO of Intel?", "answer": "Lip-Bu Tan"})
+    assert report["subject"] == "Intel"
     (fact_id,) = report["added"]
     stored = tiny_llm.memory.get(fact_id)
     assert stored.fact.provenance.source == "agent" and stored.fact.provenance.author == "scout"
@@ -118,8 +118,27 @@ def test_memory_tools_write_with_agent_provenance_and_typed_schemas(tiny_llm):
     assert [f["id"] for f in explained["facts"]] == [fact_id]
     retracted = tools["forget_fact"].invoke({"fact_id": fact_id[:10], "reason": "test"})
     assert retracted[0]["status"] == "retracted" and tiny_llm.facts() == []
-    with pytest.raises(Exception):
-        tools["remember_fact"].invoke({"subject": "Intel"})  # typed schema: prompt and target are required
+    with pytest.raises(Exception, match="answer"):
+        tools["remember_fact"].invoke({"question": "Who is the CEO of Intel?"})  # typed schema: answer is required
+
+
+@pytest.mark.parametrize("question, answer, subject", [
+    ("Who is the CEO of Intel?", "Lip-Bu Tan", "Intel"),
+    ("Who owns Twitter?", "X Corp.", "Twitter"),
+    ("What is the capital of the United Kingdom?", "London", "United Kingdom"),
+    ("Which club does Lionel Messi play for?", "Inter Miami", "Lionel Messi"),
+])
+def test_guess_subject(question, answer, subject):
+    from editmem.integrations.langchain.tools import guess_subject
+
+    assert guess_subject(question, answer) == subject
+
+
+def test_guess_subject_refuses_when_nothing_is_named():
+    from editmem.integrations.langchain.tools import guess_subject
+
+    with pytest.raises(ValueError, match="cannot tell"):
+        guess_subject("what is it?", "a thing")
 
 
 def test_fact_editor_as_tool_has_typed_arguments(tiny_llm):

@@ -8,6 +8,7 @@ ledger with the actor ``agent:<name>``, and the fact's provenance says ``source=
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
@@ -20,10 +21,21 @@ from editmem.facts import Fact, Provenance
 class FactInput(BaseModel):
     """One fact to store: the question (or cloze sentence) about ``subject`` and its current answer."""
 
-    subject: str = Field(description="The entity the fact is about, as it appears in the prompt, e.g. 'Intel'.")
-    prompt: str = Field(description="A question or sentence containing the subject, e.g. 'Who is the CEO of Intel?'.")
-    target: str = Field(description="The current, correct answer, e.g. 'Lip-Bu Tan'.")
+    subject: str = Field(description="The entity the fact is about, exactly as it appears in the prompt.")
+    prompt: str = Field(description="A question or sentence about the subject that the target answers.")
+    target: str = Field(description="The current, correct answer.")
     source_uri: str | None = Field(default=None, description="Where the fact was learned (URL, document, tool name).")
+
+
+class RememberInput(BaseModel):
+    """A fact for an agent to store: a question and its current answer (the subject is found in the question).
+
+    No subject argument: measured on SmolLM2-135M, asked for one in any position it named the answer or the whole
+    sentence; :func:`guess_subject` takes it from the question instead.
+    """
+
+    question: str = Field(description="The question this fact answers.")
+    answer: str = Field(description="The current, correct answer to the question.")
 
 
 class ForgetInput(BaseModel):
@@ -46,6 +58,24 @@ class ExplainInput(BaseModel):
     question: str = Field(description="The question to explain, e.g. 'Who is the CEO of Intel?'.")
 
 
+def guess_subject(question: str, answer: str) -> str:
+    """The entity a question asks about: its last run of capitalised words (not the first word, not in the answer).
+
+    "Who is the CEO of Intel?" -> "Intel"; "Who owns Twitter?" -> "Twitter". Raises ``ValueError`` when there is none.
+    """
+    words = re.findall(r"[\w][\w.&'-]*", question)
+    runs: list[list[str]] = []
+    for i, word in enumerate(words):
+        capital = word[0].isupper() and i > 0 and word not in answer and not word.isupper()
+        if capital and runs and runs[-1] and words[i - 1] == runs[-1][-1]:
+            runs[-1].append(word)
+        elif capital:
+            runs.append([word])
+    if not runs:
+        raise ValueError(f"cannot tell what {question!r} is about: store it with FactEditor and an explicit subject")
+    return " ".join(runs[-1])
+
+
 def _fact(args: FactInput, agent: str) -> Fact:
     provenance = Provenance(source="agent", author=agent, source_uri=args.source_uri)
     return Fact(subject=args.subject, prompt=args.prompt, target=args.target, provenance=provenance)
@@ -61,13 +91,15 @@ def _stored(stored: Any, score: float | None = None) -> dict[str, Any]:
     return out
 
 
-def memory_tools(llm: Any, *, agent: str = "agent") -> list[BaseTool]:
-    """The four memory tools for an agent named ``agent`` (provenance and ledger actor name it)."""
+def memory_tools(llm: Any, *, agent: str = "agent", source_uri: str | None = None) -> list[BaseTool]:
+    """The four memory tools for an agent named ``agent`` (provenance and ledger actor name it; ``source_uri``, when
+    given, is recorded on every fact the agent stores, e.g. the conversation or the feed it works from)."""
     actor = f"agent:{agent}"
 
-    def remember_fact(subject: str, prompt: str, target: str, source_uri: str | None = None) -> dict[str, Any]:
-        fact = _fact(FactInput(subject=subject, prompt=prompt, target=target, source_uri=source_uri), agent)
-        return llm.edit(fact, actor=actor).model_dump()
+    def remember_fact(question: str, answer: str) -> dict[str, Any]:
+        subject = guess_subject(question, answer)
+        fact = _fact(FactInput(subject=subject, prompt=question, target=answer, source_uri=source_uri), agent)
+        return {**llm.edit(fact, actor=actor).model_dump(), "subject": subject}
 
     def forget_fact(fact_id: str, reason: str | None = None) -> list[dict[str, Any]]:
         return [_stored(s) for s in llm.forget(fact_id, actor=actor, reason=reason)]
@@ -80,7 +112,7 @@ def memory_tools(llm: Any, *, agent: str = "agent") -> list[BaseTool]:
         return {"answer": explanation.answer, "base_answer": explanation.base_answer, "facts": explanation.facts}
 
     specs = [
-        (remember_fact, FactInput, "Store a new or corrected fact in the model's memory and edit the model with it."),
+        (remember_fact, RememberInput, "Store a new or corrected fact in the model's memory and edit the model with it."),
         (forget_fact, ForgetInput, "Retract a stored fact: the model stops using it (the ledger keeps its history)."),
         (search_facts, SearchInput, "Find stored facts related to a query, with their ids, answers and sources."),
         (explain_answer, ExplainInput, "Answer a question with and without the stored facts, and list the facts used."),
