@@ -33,11 +33,11 @@ if TYPE_CHECKING:
 
 def can_batch(model: "EditMemChatModel", kwargs: dict[str, Any]) -> bool:
     """True when one batched greedy ``generate`` call gives exactly what per-row ``invoke`` would."""
-    if kwargs or model.stop or model.timeout or model.temperature or model.streaming:
+    if kwargs or model.stop or model.timeout or model.temperature or model.streaming or model.rate_limiter:
         return False
-    if model.rate_limiter is not None or model.cache is not None and model.cache is not False:
-        return False
-    return not (model.cache is None and get_llm_cache() is not None) and not isinstance(model.cache, BaseCache)
+    uses_cache = isinstance(model.cache, BaseCache) or model.cache is True or (
+        model.cache is None and get_llm_cache() is not None)
+    return not uses_cache
 
 
 def batched(model: "EditMemChatModel", inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None,
