@@ -2,6 +2,7 @@
 
 Each prompt names the tool and the arguments a correct call has. A reply is scored on three nested counts:
 
+* **called**: the reply is a tool call at all (under ``auto`` the router may answer in text instead);
 * **well-formed**: exactly one tool call that parsed (name of a bound tool, JSON object arguments);
 * **right tool**: that call names the expected tool;
 * **right arguments**: and its arguments equal the expected ones (strings compared case- and space-insensitively,
@@ -112,7 +113,8 @@ def score(message: Any, tool_name: str, args: dict[str, Any]) -> dict[str, Any]:
     right_tool = well_formed and calls[0]["name"] == tool_name
     got = calls[0]["args"] if well_formed else None
     right_args = right_tool and set(got) == set(args) and all(_same(got[k], v) for k, v in args.items())
-    return {"well_formed": well_formed, "right_tool": right_tool, "right_args": right_args,
+    called = bool(calls or message.invalid_tool_calls)
+    return {"called": called, "well_formed": well_formed, "right_tool": right_tool, "right_args": right_args,
             "calls": [{"name": c["name"], "args": c["args"]} for c in calls],
             "invalid": [{"args": c["args"], "error": c["error"]} for c in message.invalid_tool_calls],
             "content": message.content}
@@ -126,7 +128,7 @@ def run_mode(chat: Any, mode: str) -> dict[str, Any]:
         message = bound.invoke(prompt)
         rows.append({"prompt": prompt, "expected": {"name": name, "args": args}, **score(message, name, args),
                      "seconds": round(time.perf_counter() - start, 2)})
-    totals = {k: sum(r[k] for r in rows) for k in ("well_formed", "right_tool", "right_args")}
+    totals = {k: sum(r[k] for r in rows) for k in ("called", "well_formed", "right_tool", "right_args")}
     return {"mode": mode, "n": len(rows), **totals, "rows": rows}
 
 
@@ -134,8 +136,9 @@ def markdown(result: dict[str, Any], max_tokens: int) -> str:
     n = result["n"]
     lines = [f"# Tool calls: {n} prompts, 6 tools, mode `{result['mode']}` (embedded SmolLM2-135M-Instruct, "
              f"max_tokens={max_tokens})", "",
-             "| well-formed | right tool | right arguments |", "| ---: | ---: | ---: |",
-             f"| {result['well_formed']}/{n} | {result['right_tool']}/{n} | {result['right_args']}/{n} |", "",
+             "| called | well-formed | right tool | right arguments |", "| ---: | ---: | ---: | ---: |",
+             f"| {result['called']}/{n} | {result['well_formed']}/{n} | {result['right_tool']}/{n} | "
+             f"{result['right_args']}/{n} |", "",
              "## Misses", "", "| prompt | expected | got |", "| --- | --- | --- |"]
     for row in result["rows"]:
         if not row["right_args"]:
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
             result = run_mode(chat, mode)
             json_path, md_path = write_results(f"tool_calls-{mode}", {**result, "machine": machine},
                                                markdown(result, args.max_tokens), args.out)
-            print(f"{mode}: well-formed {result['well_formed']}/{result['n']}, right tool {result['right_tool']}/"
+            print(f"{mode}: called {result['called']}/{result['n']}, well-formed {result['well_formed']}/{result['n']}, right tool {result['right_tool']}/"
                   f"{result['n']}, right args {result['right_args']}/{result['n']} -> {md_path}")
 
 
