@@ -279,6 +279,93 @@ class EditableLLM:
                           "feed": stored.fact.provenance.feed})
         return Explanation(prompt=query, answer=edited.text, base_answer=base.text, trace=trace, facts=facts)
 
+    # -- streaming (self-contained: helpers live in editmem.streaming) -------------------------
+    def stream(
+        self,
+        prompt: PromptInput,
+        *,
+        max_new_tokens: int = 32,
+        temperature: float | None = None,
+        stop: Sequence[str] | None = None,
+        timeout: float | None = None,
+        chat: bool | None = None,
+        **generate_kwargs: Any,
+    ) -> "Iterator[str | StreamResult]":
+        """Generate one answer piece by piece: yields ``str`` pieces as tokens arrive, then one
+        :class:`~editmem.streaming.StreamResult` (whole text, trace, token counts, finish reason).
+
+        Runs :meth:`generate` in a worker thread with a streamer attached, so the prompt, the edits that fire and
+        the trace are exactly those of ``generate``. ``temperature`` None or 0 decodes greedily, > 0 samples.
+        ``stop``: generation ends at the first stop sequence, which is never yielded (text that could begin one is
+        held back until it cannot). ``timeout`` (seconds) raises :class:`TimeoutError` when generation runs past it.
+        Closing the generator early stops generation. Extra keyword arguments go to ``model.generate``
+        (e.g. ``logits_processor`` for constrained decoding).
+        """
+        import threading
+        import time
+
+        from transformers import StoppingCriteriaList
+
+        from editmem.streaming import _END, CancelCriterion, StreamResult, TokenStreamer, first_stop, held_back
+
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature is not None and temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if temperature:
+            generate_kwargs.update(do_sample=True, temperature=float(temperature))
+        stops = [s for s in (stop or []) if s]
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
+        if self.tokenizer.eos_token_id is not None:
+            eos_ids.add(int(self.tokenizer.eos_token_id))
+        streamer = TokenStreamer(self.tokenizer, eos_ids)
+        criterion = CancelCriterion(time.monotonic() + timeout if timeout else None)
+        criteria = StoppingCriteriaList([criterion, *generate_kwargs.pop("stopping_criteria", [])])
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["generation"] = self.generate(prompt, max_new_tokens=max_new_tokens, chat=chat, streamer=streamer,
+                                                  stopping_criteria=criteria, **generate_kwargs)
+            except BaseException as exc:  # re-raised in the consumer's thread
+                box["error"] = exc
+            finally:
+                streamer.end()
+
+        worker = threading.Thread(target=work, name="editmem-stream", daemon=True)
+        worker.start()
+        text, sent, stopped = "", 0, False
+        try:
+            while (piece := streamer.queue.get()) is not _END:
+                if stopped:
+                    continue
+                text = (text + piece).lstrip() if sent == 0 else text + piece
+                cut = first_stop(text, stops)
+                if cut is not None:
+                    text, stopped = text[:cut], True
+                    criterion.cancel.set()
+                safe = min(len(text) - (0 if stopped else held_back(text, stops)), len(text.rstrip()))
+                if safe > sent:
+                    yield text[sent:safe]
+                    sent = safe
+        finally:
+            criterion.cancel.set()
+            worker.join()
+        if "error" in box:
+            raise box["error"]
+        if criterion.timed_out:
+            raise TimeoutError(f"generation ran past timeout={timeout}s ({len(streamer.ids)} tokens generated)")
+        text = text.rstrip()
+        if len(text) > sent:
+            yield text[sent:]
+        generation = box["generation"]
+        finish = "length" if not (stopped or streamer.saw_eos) and len(streamer.ids) >= max_new_tokens else "stop"
+        yield StreamResult(prompt=generation.prompt, text=text, trace=generation.trace, input_tokens=streamer.prompt_tokens,
+                           output_tokens=len(streamer.ids), finish_reason=finish)
+
     def close(self) -> None:
         with self.lock:
             self.strategy.detach()
