@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.editmem-installed
 PIP_VERSION := 26.3
 UPGRADE_VENV := .venv-upgrade
 
-.PHONY: setup demo test test-fast bench clean lock upgrade-check
+.PHONY: setup demo test test-fast bench clean lock upgrade-check docs
 
 # The set-up installs exactly what requirements.lock says (every transitive dependency, compiled from
 # pyproject.toml by `make lock`), so an upstream release cannot change a fresh machine's environment.
@@ -56,8 +56,12 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -ra tests -m "not embedded"
 
+# The docs as a site, built strictly (broken links or missing pages fail); tests/test_docs.py runs their code.
+docs: setup
+	$(PY) -m mkdocs build --strict
+
 bench: setup
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) $(UPGRADE_VENV) .venv-tools .demo-store .pytest_cache
+	rm -rf $(VENV) $(UPGRADE_VENV) .venv-tools .demo-store .pytest_cache site
