@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Union
 
 import torch
 from pydantic import BaseModel, Field
 
-from editmem.facts import Fact, FactStatus, LedgerEntry, StoredFact, parse_fact
+from editmem.facts import Fact, FactStatus, LedgerEntry, StoredFact, parse_fact, to_utc, utcnow
 from editmem.memory.store import AddResult, EditMemory
 from editmem.models import DEFAULT_MODEL, LoadedModel, load_model
 from editmem.strategies import DEFAULT_STRATEGY, EditTrace, Strategy, get_strategy
@@ -35,6 +36,8 @@ class EditReport(BaseModel):
 
     added: list[str] = Field(default_factory=list)
     duplicates: list[str] = Field(default_factory=list)
+    stale: list[str] = Field(default_factory=list)
+    """facts superseded earlier and sent again: not re-activated (see :meth:`EditMemory.add`)"""
     superseded: dict[str, str] = Field(default_factory=dict)
     """old fact id -> new fact id"""
 
@@ -70,6 +73,7 @@ class EditableLLM:
         self.memory = memory
         self.strategy = strategy
         self.chat = loaded.is_chat if chat is None else chat
+        self._synced_seq = memory.seq
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -82,19 +86,23 @@ class EditableLLM:
         device: str = "auto",
         chat: bool | None = None,
         actor: str = "sdk",
+        switch_strategy: bool = False,
+        chroma_url: str | None = None,
         **config: Any,
     ) -> "EditableLLM":
         """Create or reopen the store at ``store_dir``.
 
         ``strategy`` defaults to the one the store was built with (:data:`~editmem.strategies.DEFAULT_STRATEGY` for a
         new store); ``config`` overrides
-        that strategy's config fields (unknown names raise ``TypeError``).
+        that strategy's config fields (unknown names raise ``TypeError``). A store keeps its strategy: another one
+        raises :class:`~editmem.memory.StoreMismatchError` unless ``switch_strategy``. ``chroma_url`` puts the facts on
+        a Chroma server (docs/deployment.md).
         """
-        memory = EditMemory(store_dir)
+        memory = EditMemory(store_dir, chroma_url=chroma_url, follow=False)
         loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device)
         meta = memory.read_meta() or {}
         name = strategy or meta.get("strategy") or DEFAULT_STRATEGY
-        memory.check_model(model_name=loaded.name, fingerprint=loaded.fingerprint, strategy=name)
+        memory.check_model(model_name=loaded.name, fingerprint=loaded.fingerprint, strategy=name, switch_strategy=switch_strategy)
         config_cls, strategy_cls = get_strategy(name)
         artifacts = memory.artifacts(name)
         stored_config = None
@@ -123,8 +131,34 @@ class EditableLLM:
         if missing:
             self._apply_in_batches(missing)
         self.strategy.attach()
+        self._synced_seq = self.memory.seq
         if stale or missing or not restored:
+            self._save_if_free()
+
+    def _save_if_free(self) -> None:
+        """Save the strategy's artifacts unless the store is read-only or another process is writing (readers
+        such as ``editmem ask`` during an import keep their rebuilt state in memory instead)."""
+        if self.memory.readonly or self.memory.lock.locked_by_other():
+            return
+        with self.memory.lock.hold():
             self.strategy.save()
+
+    def sync(self) -> int:
+        """Catch up with edits other processes made (by ledger sequence): apply new active facts to the strategy
+        and remove those superseded or retracted since. Returns how many facts changed. Cheap when none did."""
+        self.memory.sync()
+        if self.memory.seq == self._synced_seq:
+            return 0
+        now_active, gone = self.memory.changes_since(self._synced_seq)
+        applied = self.strategy.applied_ids()
+        drop = sorted(gone & applied)
+        if drop:
+            self.strategy.remove(drop, active=self.memory.list(status=FactStatus.active))
+        new = [self.memory.get(i) for i in sorted(now_active - applied)]
+        if new:
+            self._apply_in_batches(new)
+        self._synced_seq = self.memory.seq
+        return len(drop) + len(new)
 
     def _apply_in_batches(self, facts: Sequence[StoredFact], batch_size: int | None = None) -> None:
         size = batch_size or self.strategy.config.batch_size
@@ -150,6 +184,9 @@ class EditableLLM:
             result: AddResult = self.memory.add(fact, actor=actor)
             if result.status == "duplicate":
                 report.duplicates.append(result.stored.id)
+                continue
+            if result.status == "stale":
+                report.stale.append(result.stored.id)
                 continue
             if result.replaced is not None:
                 report.superseded[result.replaced.id] = result.stored.id
@@ -190,14 +227,25 @@ class EditableLLM:
         return self.memory.history(subject)
 
     # -- inference -----------------------------------------------------------------------------
-    def prepare_prompt(self, prompt: PromptInput, *, chat: bool | None = None) -> tuple[str, EditTrace | None]:
-        """The exact text fed to the model: stated facts (in-context strategies) and the chat template applied."""
+    def prepare_prompt(self, prompt: PromptInput, *, chat: bool | None = None, as_of: datetime | None = None) -> tuple[str, EditTrace | None]:
+        """The exact text fed to the model: stated facts (in-context strategies) and the chat template applied.
+
+        ``as_of`` (default: now) is the instant facts must be valid at (``valid_from <= as_of < valid_to``);
+        strategies with ``supports_as_of`` honour it, parametric ones cannot (their edits are in the weights).
+        """
         use_chat = self.chat if chat is None else chat
         if not use_chat and not isinstance(prompt, str):
             raise ValueError("chat=False needs a plain string prompt")
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
         last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=len(messages) - 1)
-        rewritten, trace = self.strategy.rewrite_query(messages[last_user]["content"])
+        self.sync()
+        if getattr(self.strategy, "supports_as_of", False):
+            when = to_utc(as_of) or utcnow()
+            rewritten, trace = self.strategy.rewrite_query(messages[last_user]["content"], as_of=when)
+        else:
+            if as_of is not None and self.strategy.parametric:
+                raise ValueError(f"strategy {self.strategy.name!r} edits the weights: its facts cannot be scoped by as_of")
+            rewritten, trace = self.strategy.rewrite_query(messages[last_user]["content"])
         if rewritten is not None:
             messages[last_user]["content"] = rewritten
         if use_chat:
@@ -211,12 +259,15 @@ class EditableLLM:
         *,
         max_new_tokens: int = 32,
         chat: bool | None = None,
+        as_of: datetime | None = None,
         **generate_kwargs: Any,
     ) -> Generation | list[Generation]:
-        """Greedy (by default) generation for one prompt (str or chat messages) or a list of them (batched)."""
+        """Greedy (by default) generation for one prompt (str or chat messages) or a list of them (batched).
+
+        ``as_of``: answer with the facts valid at that instant (default now; see :meth:`prepare_prompt`)."""
         single = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], dict))
         prompts = [prompt] if single else list(prompt)
-        prepared = [self.prepare_prompt(p, chat=chat) for p in prompts]
+        prepared = [self.prepare_prompt(p, chat=chat, as_of=as_of) for p in prompts]
         texts = [p for p, _ in prepared]
         use_chat = self.chat if chat is None else chat
         ids = [self.tokenizer(t, add_special_tokens=not use_chat)["input_ids"] for t in texts]

@@ -80,6 +80,9 @@ def test_reopen_restores_everything_and_ledger_replays_to_the_same_state(tmp_pat
 
 def test_store_refuses_another_model(memory):
     memory.check_model(model_name="a", fingerprint="111", strategy="context")
-    memory.check_model(model_name="a", fingerprint="111", strategy="llp")  # switching strategy is allowed
+    with pytest.raises(StoreMismatchError, match="keeps its strategy"):
+        memory.check_model(model_name="a", fingerprint="111", strategy="llp")
+    memory.check_model(model_name="a", fingerprint="111", strategy="llp", switch_strategy=True)  # deliberate switch
+    assert memory.read_meta()["strategy"] == "llp"
     with pytest.raises(StoreMismatchError, match="built for model 'a'"):
         memory.check_model(model_name="b", fingerprint="222", strategy="context")
