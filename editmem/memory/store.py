@@ -291,8 +291,8 @@ class EditMemory:
         """Unit embeddings of ``fact_ids``: from Chroma metadata when stored, else computed (the same model)."""
         from editmem.memory.embedding import embed_texts
 
-        out: dict[str, np.ndarray] = {}
-        wanted = [i for i in fact_ids if i in self.state.records]
+        out: dict[str, np.ndarray] = {i: self._index.vector(i) for i in fact_ids if i in self._index}
+        wanted = [i for i in fact_ids if i in self.state.records and i not in out]
         if not wanted:
             return out
         try:

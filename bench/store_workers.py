@@ -1,0 +1,123 @@
+"""Worker processes for the store's crash and concurrency checks (used by bench/store_*.py and tests/test_store_*.py).
+
+Each command works on one store through the SDK (``EditMemory``; no language model) and prints one JSON object
+per line, so a parent can kill it at a known point (``kill -9`` after the N-th ``{"done": N}`` line)::
+
+    python bench/store_workers.py seed STORE N               # N facts, question i -> "v1-i"
+    python bench/store_workers.py write STORE N TAG [--pause-at K]
+        # question i -> "TAG-i" for i < N (supersedes what is there); with --pause-at K it prints
+        # {"paused": K} and sleeps between the ledger write and the Chroma write of its K-th transaction
+    python bench/store_workers.py read STORE N SECONDS       # reads question slots while others write
+    python bench/store_workers.py hold-lock STORE SECONDS    # holds the writer lock (prints {"locked": pid})
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def question(i: int) -> dict[str, str]:
+    """The i-th synthetic question (subject ``Company i``); targets vary by writer."""
+    return {"subject": f"Company {i}", "prompt": f"Who is the chief executive of Company {i}?"}
+
+
+def fact(i: int, target: str) -> dict[str, str]:
+    return {**question(i), "target": target}
+
+
+def emit(**payload) -> None:
+    print(json.dumps(payload), flush=True)
+
+
+def seed(store: str, n: int) -> None:
+    from editmem.memory import EditMemory
+
+    memory = EditMemory(store)
+    for i in range(n):
+        memory.add(fact(i, f"v1-{i}"), actor="seed")
+    emit(seeded=n, seq=memory.seq)
+
+
+def write(store: str, n: int, tag: str, pause_at: int | None = None) -> None:
+    from editmem.memory import EditMemory
+
+    memory = EditMemory(store)
+    count = {"n": 0}
+
+    def after_ledger(entries) -> None:
+        count["n"] += 1
+        if pause_at is not None and count["n"] == pause_at:
+            emit(paused=pause_at)
+            time.sleep(60)
+
+    memory._after_ledger_write = after_ledger
+    statuses: dict[str, int] = {}
+    for i in range(n):
+        result = memory.add(fact(i, f"{tag}-{i}"), actor=tag)
+        statuses[result.status] = statuses.get(result.status, 0) + 1
+        emit(done=i + 1)
+    emit(finished=n, statuses=statuses, pid=os.getpid())
+
+
+def read(store: str, n: int, seconds: float) -> None:
+    """Read every question's active fact in a loop; count reads that see no active fact (neither version)."""
+    from editmem.facts import slot_key_for
+    from editmem.memory import EditMemory
+
+    memory = EditMemory(store)
+    slots = [slot_key_for(q["subject"], q["prompt"]) for q in map(question, range(n))]
+    reads = neither = errors = searches = search_misses = 0
+    end = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < end:
+        try:
+            memory.sync()
+            slot = slots[i % n]
+            reads += 1
+            if memory.state.active_in_slot(slot) is None:
+                neither += 1
+            if i % 5 == 0:
+                searches += 1
+                hits = memory.search(question(i % n)["prompt"], k=1)
+                if not hits or hits[0][0].fact.slot != slot:
+                    search_misses += 1
+        except Exception as exc:  # noqa: BLE001 - counted and reported: the point of the probe
+            errors += 1
+            emit(error=f"{type(exc).__name__}: {exc}"[:200])
+        i += 1
+    emit(reads=reads, neither=neither, errors=errors, searches=searches, search_misses=search_misses, seq=memory.seq)
+
+
+def hold_lock(store: str, seconds: float) -> None:
+    from editmem.memory import EditMemory
+
+    memory = EditMemory(store)
+    with memory.lock.hold():
+        emit(locked=os.getpid())
+        time.sleep(seconds)
+
+
+def main(argv: list[str]) -> None:
+    command, store, *rest = argv
+    if command == "seed":
+        seed(store, int(rest[0]))
+    elif command == "write":
+        pause = int(rest[rest.index("--pause-at") + 1]) if "--pause-at" in rest else None
+        write(store, int(rest[0]), rest[1], pause)
+    elif command == "read":
+        read(store, int(rest[0]), float(rest[1]))
+    elif command == "hold-lock":
+        hold_lock(store, float(rest[0]))
+    else:
+        raise SystemExit(f"unknown command {command!r}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main(sys.argv[1:])
