@@ -244,8 +244,11 @@ def parse_fact(data: dict[str, Any] | Fact, *, record: str = "record", provenanc
     if not isinstance(data, dict):
         raise FactValidationError(record, [("<record>", "must be an object", data)])
     payload = dict(data)
+    own = payload.get("provenance") or {}
+    if not isinstance(own, dict):
+        raise FactValidationError(record, [("provenance", "must be an object", _short_value(own))])
     if provenance:
-        payload["provenance"] = {**provenance, **(payload.get("provenance") or {})}
+        payload["provenance"] = {**provenance, **own}
     try:
         return Fact.model_validate(payload)
     except ValidationError as exc:

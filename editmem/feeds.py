@@ -77,7 +77,11 @@ def _normalise_record(raw: dict[str, Any], *, from_csv: bool) -> dict[str, Any]:
         for column, sep in LIST_COLUMNS.items():
             if isinstance(record.get(column), str):
                 record[column] = [x.strip() for x in record[column].split(sep) if x.strip()]
-    provenance = dict(record.pop("provenance", None) or {})
+    provenance = record.pop("provenance", None) or {}
+    if not isinstance(provenance, dict):  # left for validation to reject by name
+        record["provenance"] = provenance
+        return record
+    provenance = dict(provenance)
     for column in PROVENANCE_COLUMNS:
         if column in record:
             provenance.setdefault(column, record.pop(column))
@@ -101,10 +105,15 @@ def decode_lines(data: bytes) -> Iterator[tuple[int, str | Exception]]:
                 return
             data = data[len(bom):]
             break
-    if b"\x00" in data:
-        yield 1, ValueError("binary file (NUL bytes and no byte-order mark): a feed is UTF-8 text, JSONL or CSV")
+    raw_lines = data.splitlines(keepends=True)
+    with_nul = sum(1 for raw in raw_lines if b"\x00" in raw)
+    if with_nul > max(3, len(raw_lines) // 2):  # one message for a binary file, not one per "line"
+        yield 1, ValueError(f"binary file ({with_nul} of {len(raw_lines)} lines hold NUL bytes, no byte-order mark): a feed is UTF-8 text, JSONL or CSV")
         return
-    for number, raw in enumerate(data.splitlines(keepends=True), start=1):
+    for number, raw in enumerate(raw_lines, start=1):
+        if b"\x00" in raw:
+            yield number, ValueError("line holds NUL bytes (binary data, or UTF-16 without a byte-order mark)")
+            continue
         if len(raw) > MAX_LINE_BYTES:
             yield number, ValueError(f"line is {len(raw):,} bytes, at most {MAX_LINE_BYTES:,} allowed")
             continue
