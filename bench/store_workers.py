@@ -7,8 +7,13 @@ per line, so a parent can kill it at a known point (``kill -9`` after the N-th `
     python bench/store_workers.py write STORE N TAG [--pause-at K]
         # question i -> "TAG-i" for i < N (supersedes what is there); with --pause-at K it prints
         # {"paused": K} and sleeps between the ledger write and the Chroma write of its K-th transaction
-    python bench/store_workers.py read STORE N SECONDS       # reads question slots while others write
+    python bench/store_workers.py read STORE N SECONDS       # reads question slots while others write, for at most
+        # SECONDS or until the file STORE.stop exists (the parent creates it when its writers are done)
     python bench/store_workers.py hold-lock STORE SECONDS    # holds the writer lock (prints {"locked": pid})
+    python bench/store_workers.py serve STORE MODEL [CHROMA_URL]
+        # a model worker (context strategy): reads JSON commands from stdin, one per line, answers one JSON line each:
+        # {"edit": {fact}} -> {"added": [...], "superseded": {...}}; {"ask": "question"} -> {"fired": [...], "prompt": "..."};
+        # {"forget": "id"} -> {"retracted": [...]}
 """
 
 from __future__ import annotations
@@ -75,8 +80,9 @@ def read(store: str, n: int, seconds: float) -> None:
     reads = neither = errors = searches = search_misses = 0
     seen: set[str] = set()  # slots seen with an active fact: from then on one version must always be visible
     end = time.monotonic() + seconds
+    stop = Path(f"{store}.stop")
     i = 0
-    while time.monotonic() < end:
+    while time.monotonic() < end and not stop.exists():
         try:
             memory.sync()
             slot = slots[i % n]
@@ -106,6 +112,30 @@ def hold_lock(store: str, seconds: float) -> None:
         time.sleep(seconds)
 
 
+def serve(store: str, model: str, chroma_url: str | None) -> None:
+    from editmem.editable import EditableLLM
+
+    llm = EditableLLM.open(store, model=model, strategy="context", device="cpu", chroma_url=chroma_url, actor=f"worker-{os.getpid()}")
+    emit(ready=os.getpid(), seq=llm.memory.seq)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        command = json.loads(line)
+        try:
+            if "edit" in command:
+                report = llm.edit(command["edit"])
+                emit(added=report.added, superseded=report.superseded, seq=llm.memory.seq)
+            elif "ask" in command:
+                out = llm.generate(command["ask"], max_new_tokens=1)
+                emit(fired=out.trace.fact_ids if out.trace else [], prompt=out.prompt, seq=llm.memory.seq)
+            elif "forget" in command:
+                emit(retracted=[s.id for s in llm.forget(command["forget"])], seq=llm.memory.seq)
+            else:
+                emit(error=f"unknown command {command}")
+        except Exception as exc:  # noqa: BLE001 - reported to the parent, the worker keeps serving
+            emit(error=f"{type(exc).__name__}: {exc}")
+
+
 def main(argv: list[str]) -> None:
     command, store, *rest = argv
     if command == "seed":
@@ -117,6 +147,8 @@ def main(argv: list[str]) -> None:
         read(store, int(rest[0]), float(rest[1]))
     elif command == "hold-lock":
         hold_lock(store, float(rest[0]))
+    elif command == "serve":
+        serve(store, rest[0], rest[1] if len(rest) > 1 else None)
     else:
         raise SystemExit(f"unknown command {command!r}")
 

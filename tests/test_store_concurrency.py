@@ -51,9 +51,10 @@ def test_a_second_writer_gets_a_clear_locked_error_naming_the_pid(tmp_path):
 def test_two_imports_and_a_reader_at_once_on_a_new_store(tmp_path):
     """Two writers cover the same 30 questions with different answers while a reader watches."""
     path = str(tmp_path / "store")
-    reader = _worker("read", path, "30", "25")
+    reader = _worker("read", path, "30", "300")
     writers = [_worker("write", path, "30", tag) for tag in ("a", "b")]
     results = [_last_json(w) for w in writers]
+    Path(f"{path}.stop").touch()
     seen = _last_json(reader)
     assert all(r["finished"] == 30 for r in results)
     memory = EditMemory(path)

@@ -8,12 +8,18 @@ take it: they read whole ledger lines (see :mod:`editmem.memory.ledger`).
 The lock is a ``filelock.FileLock`` on ``<store>/.lock`` (an OS advisory lock: released by the kernel when the
 holder dies, so a ``kill -9`` never leaves a stale lock). The holder's pid is written next to it so the error
 can say who holds it.
+
+Fairness: ``filelock`` waits by polling, and a writer that releases and re-takes the lock between two facts wins
+every time, so a second import used to wait for the whole first one. A turnstile (``<store>/.lock.turn``) fixes
+that: a writer takes the turnstile, then the lock, then lets the turnstile go; a writer coming back for its next
+transaction must pass the turnstile, which a waiting writer holds, so waiting writers alternate.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,7 +49,8 @@ class WriterLock:
         self.path = self.store / ".lock"
         self.owner_path = self.store / ".lock.owner"
         self.timeout = lock_timeout() if timeout is None else timeout
-        self._lock = FileLock(str(self.path), thread_local=False, is_singleton=False)
+        self._lock = FileLock(str(self.path), thread_local=False, is_singleton=False, poll_interval=0.005)
+        self._turn = FileLock(str(self.store / ".lock.turn"), thread_local=False, is_singleton=False, poll_interval=0.005)
         self._thread = threading.RLock()  # threads of one process take turns; filelock counts the nesting
 
     def holder(self) -> str:
@@ -63,7 +70,12 @@ class WriterLock:
         try:
             first = not self._lock.is_locked
             try:
-                self._lock.acquire(timeout=wait)
+                if first:
+                    started = time.monotonic()
+                    with self._turn.acquire(timeout=wait):
+                        self._lock.acquire(timeout=max(0.0, wait - (time.monotonic() - started)) if wait >= 0 else -1)
+                else:
+                    self._lock.acquire(timeout=wait)
             except Timeout:
                 raise StoreLockedError(
                     f"store {self.store} is locked by {self.holder()} (a writer such as an import); waited {wait:g} s. "

@@ -125,6 +125,7 @@ class EditMemory:
         self._index = VectorIndex()
         self._collection = None
         self._collection_checked = False
+        self._fresh_vectors: dict[str, np.ndarray] = {}  # embeddings computed before a write, used by it
         #: set by tests and the crash bench: called between the ledger write and the Chroma write
         self._after_ledger_write = None
         self.sync()
@@ -292,6 +293,7 @@ class EditMemory:
         from editmem.memory.embedding import embed_texts
 
         out: dict[str, np.ndarray] = {i: self._index.vector(i) for i in fact_ids if i in self._index}
+        out.update((i, self._fresh_vectors.pop(i)) for i in fact_ids if i in self._fresh_vectors and i not in out)
         wanted = [i for i in fact_ids if i in self.state.records and i not in out]
         if not wanted:
             return out
@@ -424,7 +426,17 @@ class EditMemory:
         stays, marked ``superseded`` with ``valid_to`` set, and the ledger records both in one transaction. A
         retracted fact sent again is revived; a superseded one is ``stale`` (not re-activated) unless ``revive``.
         """
+        from editmem.memory.embedding import embed_texts
+
         fact = parse_fact(fact, record="fact") if not isinstance(fact, Fact) else fact
+        if fact.id not in self.state.records:  # embed before taking the lock: other writers wait less
+            self._fresh_vectors[fact.id] = embed_texts([fact.document()])[0]
+        try:
+            return self._add_locked(fact, actor=actor, revive=revive)
+        finally:
+            self._fresh_vectors.pop(fact.id, None)
+
+    def _add_locked(self, fact: Fact, *, actor: str, revive: bool) -> AddResult:
         with self._transaction():
             existing = self.state.records.get(fact.id)
             if existing is not None and existing.active:
