@@ -19,10 +19,8 @@ search from an exact in-process matrix, so readers see every transaction whole, 
 
 from __future__ import annotations
 
-import json
 import os
-import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,19 +33,16 @@ from editmem.facts import Fact, FactStatus, LedgerEntry, StoredFact, parse_fact,
 from editmem.memory.artifacts import ArtifactStore
 from editmem.memory.backend import chroma_url_from_env
 from editmem.memory.chroma_rows import ChromaCopy
+from editmem.memory.meta import StoreMeta, check_folder
 from editmem.memory.errors import FactNotFoundError, StoreLockedError, StoreMismatchError, StoreUnusableError
 from editmem.memory.ledger import Ledger
 from editmem.memory.lock import WriterLock
 from editmem.memory.state import Change, MemoryState
 from editmem.memory.vectors import VectorIndex
 
-STORE_FORMAT = 2
 LEDGER_FILE = "ledger.jsonl"
-META_FILE = "store.json"
 MARKER_FILE = "chroma.seq"
-#: entries a store folder may hold; a folder with other (non-hidden) files and none of the markers is not a store
-STORE_ENTRIES = frozenset({META_FILE, LEDGER_FILE, "chroma", MARKER_FILE, "artifacts"})
-STORE_MARKERS = frozenset({META_FILE, LEDGER_FILE, "chroma"})
+BULK_ROWS = 5000  # ledger lines per write in add_many
 
 __all__ = ["AddResult", "EditMemory", "FactNotFoundError", "StoreMismatchError"]
 
@@ -65,22 +60,7 @@ class AddResult:
     replaced: StoredFact | None = None
 
 
-def _check_folder(path: Path) -> None:
-    """Refuse a path that is a file, or a non-empty folder that is not a store (it would be silently taken over)."""
-    if path.exists() and not path.is_dir():
-        raise StoreUnusableError(f"store path {path} is a file, not a folder")
-    if not path.is_dir():
-        return
-    names = {p.name for p in path.iterdir() if not p.name.startswith(".")}
-    if names and not names & STORE_MARKERS:
-        sample = ", ".join(sorted(names)[:3])
-        raise StoreUnusableError(
-            f"folder {path} is not an editmem store: it holds {len(names)} other file(s) ({sample}{', ...' if len(names) > 3 else ''}). "
-            "Use an empty or new folder."
-        )
-
-
-class EditMemory(ChromaCopy):
+class EditMemory(StoreMeta, ChromaCopy):
     """Ledger + Chroma collection + artifact folder of one store directory.
 
     Args:
@@ -104,7 +84,7 @@ class EditMemory(ChromaCopy):
         readonly: bool | None = None,
     ):
         self.path = Path(path)
-        _check_folder(self.path)
+        check_folder(self.path)
         if not self.path.exists():
             try:
                 self.path.mkdir(parents=True)
@@ -131,71 +111,6 @@ class EditMemory(ChromaCopy):
                     self._recover_locked()
             except StoreLockedError:
                 pass  # another writer holds the lock: it recovers before its own next write
-
-    # -- store metadata ------------------------------------------------------------------------
-    @property
-    def meta_path(self) -> Path:
-        return self.path / META_FILE
-
-    def read_meta(self) -> dict[str, Any] | None:
-        """store.json, or None for a new store. A damaged file raises :class:`StoreUnusableError` naming it."""
-        if not self.meta_path.is_file():
-            return None
-        try:
-            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StoreUnusableError(f"{self.meta_path} is damaged ({type(exc).__name__}: {exc}); restore it, or delete it to record the model again on the next open") from None
-        if not isinstance(meta, dict):
-            raise StoreUnusableError(f"{self.meta_path} is damaged: expected a JSON object, got {type(meta).__name__}")
-        return meta
-
-    def write_meta(self, meta: dict[str, Any]) -> None:
-        """Write store.json atomically (temporary file + rename), under the writer lock."""
-        if self.readonly:
-            raise StoreUnusableError(f"store {self.path} is read-only: cannot record its metadata")
-        with self.lock.hold():
-            tmp = self.meta_path.with_name(f".{META_FILE}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"format": STORE_FORMAT, **meta}, indent=2, default=str), encoding="utf-8")
-            tmp.replace(self.meta_path)
-
-    def store_id(self) -> str:
-        """A stable id of this store (names its collection on a shared Chroma server)."""
-        meta = self.read_meta() or {}
-        if not meta.get("store_id"):
-            meta["store_id"] = uuid.uuid4().hex[:16]
-            if not self.readonly:
-                self.write_meta({k: v for k, v in meta.items() if k != "format"})
-        return str(meta["store_id"])
-
-    def check_model(self, *, model_name: str, fingerprint: str, strategy: str, switch_strategy: bool = False) -> None:
-        """Record the model/strategy on first open; refuse a different model (and strategy) afterwards.
-
-        A store keeps its strategy: opening it with another one raises :class:`StoreMismatchError` unless
-        ``switch_strategy`` (then the switch is recorded; the new strategy rebuilds its artifacts from the facts).
-        """
-        meta = self.read_meta()
-        if meta is None or "fingerprint" not in meta:
-            if self.readonly:
-                raise StoreUnusableError(f"store {self.path} is read-only and has no {META_FILE}: it cannot be opened for a model")
-            self.write_meta({"model": model_name, "fingerprint": fingerprint, "strategy": strategy, "created_at": utcnow(),
-                             "store_id": (meta or {}).get("store_id") or uuid.uuid4().hex[:16],
-                             **({"chroma_url": self.chroma_url} if self.chroma_url else {})})
-            return
-        if meta.get("fingerprint") != fingerprint:
-            raise StoreMismatchError(
-                f"store {self.path} was built for model {meta.get('model')!r} (fingerprint {meta.get('fingerprint')}), "
-                f"not {model_name!r} (fingerprint {fingerprint}). Open it with that model, or use a new store folder."
-            )
-        if meta.get("strategy") != strategy:
-            if not switch_strategy:
-                raise StoreMismatchError(
-                    f"store {self.path} uses strategy {meta.get('strategy')!r}, not {strategy!r}: a store keeps its strategy. "
-                    f"Open it without a strategy (or with {meta.get('strategy')!r}), use a new store, or switch deliberately "
-                    "(SDK: switch_strategy=True; CLI: --switch-strategy)."
-                )
-            meta["strategy"] = strategy
-            meta.pop("format", None)
-            self.write_meta(meta)
 
     def artifacts(self, strategy: str) -> ArtifactStore:
         return ArtifactStore(self.path / "artifacts" / strategy)
@@ -342,6 +257,65 @@ class EditMemory(ChromaCopy):
             stored = self.state.records[fact.id]
             replaced = self.state.records[previous.id] if previous is not None else None
         return AddResult("superseded" if replaced is not None else "added", stored, replaced)
+
+    def add_many(
+        self, facts: Sequence[Fact | dict[str, Any]], *, actor: str = "sdk", vectors: Mapping[str, np.ndarray] | None = None
+    ) -> list[AddResult]:
+        """:meth:`add` for many facts in one transaction: one lock, one ledger write, Chroma rows upserted in batches.
+
+        Same outcomes as adding them one by one, in order (a later fact in the batch may supersede an earlier one).
+        ``vectors`` may supply embeddings by fact id (the scale benchmark synthesises them); others are computed
+        in one batch before the lock is taken. A crash midway leaves a ledger prefix that recovery completes.
+        """
+        from editmem.memory.embedding import embed_texts
+
+        parsed = [f if isinstance(f, Fact) else parse_fact(f, record=f"fact[{i}]") for i, f in enumerate(facts)]
+        given = dict(vectors or {})
+        todo = [f for f in dict((f.id, f) for f in parsed).values() if f.id not in self.state.records and f.id not in given]
+        computed = embed_texts([f.document() for f in todo]) if todo else []
+        self._fresh_vectors.update({**given, **dict(zip((f.id for f in todo), computed))})
+        try:
+            with self._transaction():
+                return self._add_many_locked(parsed, actor=actor)
+        finally:
+            self._fresh_vectors.clear()
+
+    def _add_many_locked(self, facts: list[Fact], *, actor: str) -> list[AddResult]:
+        status: dict[str, FactStatus] = {}
+        active: dict[str, str | None] = {}
+        versions: dict[str, int] = {}
+        rows: list[tuple[str, str, str | None, dict[str, Any]]] = []
+        outcomes: list[tuple[str, str, str | None]] = []  # (status, fact id, replaced id)
+        for fact in facts:
+            record = self.state.records.get(fact.id)
+            current = status.get(fact.id, record.status if record is not None else None)
+            if current is FactStatus.active or current is FactStatus.superseded:
+                outcomes.append(("duplicate" if current is FactStatus.active else "stale", fact.id, None))
+                continue
+            previous = active[fact.slot] if fact.slot in active else self.state.active_by_slot.get(fact.slot)
+            version = versions.get(fact.slot, self.state.next_version(fact.slot))
+            versions[fact.slot] = version + 1
+            rows.append(("add", fact.id, fact.subject, {"fact": fact.model_dump(mode="json"), "version": version}))
+            if previous is not None:
+                rows.append(("supersede", previous, fact.subject, {"by": fact.id}))
+                status[previous] = FactStatus.superseded
+            status[fact.id] = FactStatus.active
+            active[fact.slot] = fact.id
+            outcomes.append(("superseded" if previous else "added", fact.id, previous))
+        start = 0
+        while start < len(rows):  # writes of BULK_ROWS lines; a supersede never straddles two writes
+            end = min(len(rows), start + BULK_ROWS)
+            while end < len(rows) and rows[end][0] == "supersede":
+                end += 1
+            self.state.apply_all(self.ledger.append(rows[start:end], actor=actor))
+            start = end
+        if rows:
+            touched = sorted({fact_id for _, fact_id, _, _ in rows})
+            self._update_index(Change(ids=set(touched)))
+            self.write_rows(touched)
+            self._write_marker(self.state.seq)
+        records = self.state.records
+        return [AddResult(kind, records[i], records[r] if r else None) for kind, i, r in outcomes]
 
     def retract(self, fact_id: str, *, actor: str = "sdk", reason: str | None = None) -> StoredFact:
         """Mark a fact retracted (its record and history stay). Raises :class:`FactNotFoundError`.
