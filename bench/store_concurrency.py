@@ -79,7 +79,11 @@ def two_imports(tmp: Path, model: Path, n: int) -> dict:
     feeds = [write_feed(tmp / f"feed-{tag}.jsonl", n, tag) for tag in ("a", "b")]
     procs = [cli(store, model, "import", str(f)) for f in feeds]
     outs = [p.communicate() for p in procs]
-    return {"exit_codes": [p.returncode for p in procs], "outputs": [o[0].strip().splitlines()[-1:] for o in outs],
+    from editmem.memory import EditMemory
+
+    writers = [e.detail["fact"]["target"].split("-")[0] for e in EditMemory(store).ledger.entries() if e.action == "add"]
+    switches = sum(1 for x, y in zip(writers, writers[1:]) if x != y)  # > 1: the two imports interleaved
+    return {"exit_codes": [p.returncode for p in procs], "writer_switches": switches, "outputs": [o[0].strip().splitlines()[-1:] for o in outs],
             "errors": [e.strip().splitlines()[-1:] for _, e in outs if e.strip()], **check_store(store, n)}
 
 
@@ -155,10 +159,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(reader), flush=True)
     data = {"n": args.n, "two_imports": runs, "asks_during_imports": asks, "reader_during_supersedes": reader, "machine": machine_info()}
     lines = [f"# One store, several processes ({args.n} questions)", "", "## Two `editmem import` at once on a new store", "",
-             "| run | exit codes | duplicate seq numbers | active facts | questions with >1 active | without | verify problems |",
-             "|---|---|---|---|---|---|---|"]
+             "| run | exit codes | interleaving (writer switches in the ledger) | duplicate seq numbers | active facts | questions with >1 active | without | verify problems |",
+             "|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(runs, 1):
-        lines.append(f"| {i} | {r['exit_codes']} | {r['duplicate_seqs']} | {r['active_facts']} | {r['questions_with_several_active']} | "
+        lines.append(f"| {i} | {r['exit_codes']} | {r['writer_switches']} | {r['duplicate_seqs']} | {r['active_facts']} | {r['questions_with_several_active']} | "
                      f"{r['questions_without_active']} | {r['verify_problems']} |")
     lines += ["", "## `editmem ask` while imports run", "",
               f"{asks['succeeded']} of {asks['asks']} asks succeeded ({asks['during_an_import']} overlapped a running import; "
