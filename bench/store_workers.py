@@ -3,10 +3,12 @@
 Each command works on one store through the SDK (``EditMemory``; no language model) and prints one JSON object
 per line, so a parent can kill it at a known point (``kill -9`` after the N-th ``{"done": N}`` line)::
 
-    python bench/store_workers.py seed STORE N               # N facts, question i -> "v1-i"
-    python bench/store_workers.py write STORE N TAG [--pause-at K]
+    python bench/store_workers.py seed STORE N [--synthetic]  # N facts, question i -> "v1-i"
+    python bench/store_workers.py write STORE N TAG [--pause-at K] [--synthetic]
         # question i -> "TAG-i" for i < N (supersedes what is there); with --pause-at K it prints
-        # {"paused": K} and sleeps between the ledger write and the Chroma write of its K-th transaction
+        # {"paused": K} and sleeps between the ledger write and the Chroma write of its K-th transaction.
+        # --synthetic: random unit embeddings instead of the sentence encoder (no torch: fast start-up; search
+        # results are then meaningless, ledger and Chroma behave the same)
     python bench/store_workers.py read STORE N SECONDS       # reads question slots while others write, for at most
         # SECONDS or until the file STORE.stop exists (the parent creates it when its writers are done)
     python bench/store_workers.py hold-lock STORE SECONDS    # holds the writer lock (prints {"locked": pid})
@@ -36,20 +38,38 @@ def fact(i: int, target: str) -> dict[str, str]:
     return {**question(i), "target": target}
 
 
+def synthetic_vector(fact_id: str):
+    """A deterministic random unit vector for ``fact_id`` (stands in for the sentence encoder)."""
+    import numpy as np
+
+    vector = np.random.default_rng(int(fact_id[:12], 16)).standard_normal(384).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+def add(memory, record: dict, *, actor: str, synthetic: bool):
+    """``memory.add`` (one transaction), with a synthetic embedding when asked."""
+    if not synthetic:
+        return memory.add(record, actor=actor)
+    from editmem.facts import fact_id_for
+
+    fact_id = fact_id_for(record["subject"], record["prompt"], record["target"])
+    return memory.add_many([record], actor=actor, vectors={fact_id: synthetic_vector(fact_id)})[0]
+
+
 def emit(**payload) -> None:
     print(json.dumps(payload), flush=True)
 
 
-def seed(store: str, n: int) -> None:
+def seed(store: str, n: int, synthetic: bool = False) -> None:
     from editmem.memory import EditMemory
 
     memory = EditMemory(store)
     for i in range(n):
-        memory.add(fact(i, f"v1-{i}"), actor="seed")
+        add(memory, fact(i, f"v1-{i}"), actor="seed", synthetic=synthetic)
     emit(seeded=n, seq=memory.seq)
 
 
-def write(store: str, n: int, tag: str, pause_at: int | None = None) -> None:
+def write(store: str, n: int, tag: str, pause_at: int | None = None, synthetic: bool = False) -> None:
     from editmem.memory import EditMemory
 
     memory = EditMemory(store)
@@ -64,13 +84,13 @@ def write(store: str, n: int, tag: str, pause_at: int | None = None) -> None:
     memory._after_ledger_write = after_ledger
     statuses: dict[str, int] = {}
     for i in range(n):
-        result = memory.add(fact(i, f"{tag}-{i}"), actor=tag)
+        result = add(memory, fact(i, f"{tag}-{i}"), actor=tag, synthetic=synthetic)
         statuses[result.status] = statuses.get(result.status, 0) + 1
         emit(done=i + 1)
     emit(finished=n, statuses=statuses, pid=os.getpid())
 
 
-def read(store: str, n: int, seconds: float) -> None:
+def read(store: str, n: int, seconds: float, search: bool = True) -> None:
     """Read every question's active fact in a loop; count reads that see no active fact (neither version)."""
     from editmem.facts import slot_key_for
     from editmem.memory import EditMemory
@@ -90,7 +110,7 @@ def read(store: str, n: int, seconds: float) -> None:
             if slot in seen:
                 reads += 1
                 neither += active is None
-                if i % 5 == 0:
+                if search and i % 5 == 0:
                     searches += 1
                     hits = memory.search(question(i % n)["prompt"], k=1)
                     search_misses += not hits or hits[0][0].fact.slot != slot
@@ -138,13 +158,14 @@ def serve(store: str, model: str, chroma_url: str | None) -> None:
 
 def main(argv: list[str]) -> None:
     command, store, *rest = argv
+    synthetic = "--synthetic" in rest
     if command == "seed":
-        seed(store, int(rest[0]))
+        seed(store, int(rest[0]), synthetic)
     elif command == "write":
         pause = int(rest[rest.index("--pause-at") + 1]) if "--pause-at" in rest else None
-        write(store, int(rest[0]), rest[1], pause)
+        write(store, int(rest[0]), rest[1], pause, synthetic)
     elif command == "read":
-        read(store, int(rest[0]), float(rest[1]))
+        read(store, int(rest[0]), float(rest[1]), search="--no-search" not in rest)
     elif command == "hold-lock":
         hold_lock(store, float(rest[0]))
     elif command == "serve":

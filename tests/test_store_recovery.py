@@ -143,7 +143,7 @@ def test_kill_9_during_a_superseding_import_leaves_a_recoverable_store(tmp_path)
     for i in range(40):
         seeded.add(fact(i, f"v1-{i}"))
     for marker, value in (("paused", 7), ("done", 23)):
-        proc = _worker("write", path, "40", "v2", *(["--pause-at", str(value)] if marker == "paused" else []))
+        proc = _worker("write", path, "40", "v2", "--synthetic", *(["--pause-at", str(value)] if marker == "paused" else []))
         _kill_after(proc, marker, value)
         memory = EditMemory(path)  # recovery on open
         assert memory.verify().ok, memory.verify().lines()

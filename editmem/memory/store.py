@@ -307,7 +307,10 @@ class EditMemory(StoreMeta, ChromaCopy):
             end = min(len(rows), start + BULK_ROWS)
             while end < len(rows) and rows[end][0] == "supersede":
                 end += 1
-            self.state.apply_all(self.ledger.append(rows[start:end], actor=actor))
+            entries = self.ledger.append(rows[start:end], actor=actor)
+            self.state.apply_all(entries)
+            if self._after_ledger_write is not None:
+                self._after_ledger_write(entries)
             start = end
         if rows:
             touched = sorted({fact_id for _, fact_id, _, _ in rows})
