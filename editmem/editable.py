@@ -243,8 +243,9 @@ class EditableLLM:
             when = to_utc(as_of) or utcnow()
             rewritten, trace = self.strategy.rewrite_query(messages[last_user]["content"], as_of=when)
         else:
-            if as_of is not None and self.strategy.parametric:
-                raise ValueError(f"strategy {self.strategy.name!r} edits the weights: its facts cannot be scoped by as_of")
+            if as_of is not None:
+                why = "edits the weights, so its facts cannot be scoped by time" if self.strategy.parametric else "does not support as_of yet"
+                raise ValueError(f"strategy {self.strategy.name!r} {why}; as_of works with: context")
             rewritten, trace = self.strategy.rewrite_query(messages[last_user]["content"])
         if rewritten is not None:
             messages[last_user]["content"] = rewritten
