@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 from pydantic import BaseModel, Field
 
-from editmem.facts import Fact, FactStatus, LedgerEntry, StoredFact, parse_fact
+from editmem.facts import Fact, FactStatus, LedgerEntry, StoredFact, parse_fact, to_utc, utcnow
 from editmem.memory.store import AddResult, EditMemory
 from editmem.models import DEFAULT_MODEL, LoadedModel, load_model
 from editmem.strategies import DEFAULT_STRATEGY, EditTrace, Strategy, get_strategy
 from editmem.tokens import pad_batch
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from editmem.streaming import StreamResult
 
 Message = dict[str, str]
 PromptInput = Union[str, Sequence[Message]]
@@ -36,6 +42,8 @@ class EditReport(BaseModel):
 
     added: list[str] = Field(default_factory=list)
     duplicates: list[str] = Field(default_factory=list)
+    stale: list[str] = Field(default_factory=list)
+    """facts superseded earlier and sent again: not re-activated (see :meth:`EditMemory.add`)"""
     superseded: dict[str, str] = Field(default_factory=dict)
     """old fact id -> new fact id"""
 
@@ -78,6 +86,7 @@ class EditableLLM:
         self.chat = loaded.is_chat if chat is None else chat
         #: serialises model calls and writes (see the class docstring)
         self.lock = threading.RLock()
+        self._synced_seq = memory.seq
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -90,19 +99,23 @@ class EditableLLM:
         device: str = "auto",
         chat: bool | None = None,
         actor: str = "sdk",
+        switch_strategy: bool = False,
+        chroma_url: str | None = None,
         **config: Any,
     ) -> "EditableLLM":
         """Create or reopen the store at ``store_dir``.
 
         ``strategy`` defaults to the one the store was built with (:data:`~editmem.strategies.DEFAULT_STRATEGY` for a
         new store); ``config`` overrides
-        that strategy's config fields (unknown names raise ``TypeError``).
+        that strategy's config fields (unknown names raise ``TypeError``). A store keeps its strategy: another one
+        raises :class:`~editmem.memory.StoreMismatchError` unless ``switch_strategy``. ``chroma_url`` puts the facts on
+        a Chroma server (docs/deployment.md).
         """
-        memory = EditMemory(store_dir)
+        memory = EditMemory(store_dir, chroma_url=chroma_url, follow=False)
         loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device)
         meta = memory.read_meta() or {}
         name = strategy or meta.get("strategy") or DEFAULT_STRATEGY
-        memory.check_model(model_name=loaded.name, fingerprint=loaded.fingerprint, strategy=name)
+        memory.check_model(model_name=loaded.name, fingerprint=loaded.fingerprint, strategy=name, switch_strategy=switch_strategy)
         config_cls, strategy_cls = get_strategy(name)
         artifacts = memory.artifacts(name)
         stored_config = None
@@ -131,8 +144,34 @@ class EditableLLM:
         if missing:
             self._apply_in_batches(missing)
         self.strategy.attach()
+        self._synced_seq = self.memory.seq
         if stale or missing or not restored:
+            self._save_if_free()
+
+    def _save_if_free(self) -> None:
+        """Save the strategy's artifacts unless the store is read-only or another process is writing (readers
+        such as ``editmem ask`` during an import keep their rebuilt state in memory instead)."""
+        if self.memory.readonly or self.memory.lock.locked_by_other():
+            return
+        with self.memory.lock.hold():
             self.strategy.save()
+
+    def sync(self) -> int:
+        """Catch up with edits other processes made (by ledger sequence): apply new active facts to the strategy
+        and remove those superseded or retracted since. Returns how many facts changed. Cheap when none did."""
+        self.memory.sync()
+        if self.memory.seq == self._synced_seq:
+            return 0
+        now_active, gone = self.memory.changes_since(self._synced_seq)
+        applied = self.strategy.applied_ids()
+        drop = sorted(gone & applied)
+        if drop:
+            self.strategy.remove(drop, active=self.memory.list(status=FactStatus.active))
+        new = [self.memory.get(i) for i in sorted(now_active - applied)]
+        if new:
+            self._apply_in_batches(new)
+        self._synced_seq = self.memory.seq
+        return len(drop) + len(new)
 
     def _apply_in_batches(self, facts: Sequence[StoredFact], batch_size: int | None = None) -> None:
         size = batch_size or self.strategy.config.batch_size
@@ -162,6 +201,9 @@ class EditableLLM:
             result: AddResult = self.memory.add(fact, actor=actor)
             if result.status == "duplicate":
                 report.duplicates.append(result.stored.id)
+                continue
+            if result.status == "stale":
+                report.stale.append(result.stored.id)
                 continue
             if result.replaced is not None:
                 report.superseded[result.replaced.id] = result.stored.id
@@ -206,19 +248,39 @@ class EditableLLM:
         return self.memory.history(subject)
 
     # -- inference -----------------------------------------------------------------------------
-    def prepare_prompt(self, prompt: PromptInput, *, chat: bool | None = None) -> tuple[str, EditTrace | None]:
-        """The exact text fed to the model: stated facts (in-context strategies) and the chat template applied."""
+    def prepare_prompt(self, prompt: PromptInput, *, chat: bool | None = None, as_of: datetime | None = None) -> tuple[str, EditTrace | None]:
+        """The exact text fed to the model: stated facts (in-context strategies) and the chat template applied.
+
+        ``as_of`` (default: now) is the instant facts must be valid at (``valid_from <= as_of < valid_to``);
+        strategies with ``supports_as_of`` honour it, parametric ones cannot (their edits are in the weights).
+        """
         use_chat = self.chat if chat is None else chat
         if not use_chat and not isinstance(prompt, str):
             raise ValueError("chat=False needs a plain string prompt")
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
         last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=len(messages) - 1)
-        rewritten, trace = self.strategy.rewrite_query(messages[last_user]["content"])
+        self.sync()
+        if self.strategy.supports_as_of:
+            when = to_utc(as_of) or utcnow()
+            rewritten, trace = self.strategy.rewrite_query(messages[last_user]["content"], as_of=when)
+        else:
+            if as_of is not None:
+                why = "edits the weights, so its facts cannot be scoped by time" if self.strategy.parametric else "does not support as_of yet"
+                raise ValueError(f"strategy {self.strategy.name!r} {why}; as_of works with the retrieval-gated strategies (context, llp)")
+            rewritten, trace = self.strategy.rewrite_query(messages[last_user]["content"])
         if rewritten is not None:
             messages[last_user]["content"] = rewritten
         if use_chat:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), trace
         return messages[last_user]["content"], trace
+
+    def _validity(self, as_of: datetime | None) -> dict[str, Any]:
+        """The per-call validity scope of a forward: the instant, and the active facts not in force then (a
+        retrieval-gated strategy that routes inside the model masks them; see :class:`~editmem.strategies.ForwardCall`)."""
+        if not self.strategy.supports_as_of:
+            return {}
+        when = to_utc(as_of) or utcnow()
+        return {"as_of": when, "exclude": self.memory.invalid_ids(when)}
 
     @torch.no_grad()
     def generate(
@@ -227,18 +289,21 @@ class EditableLLM:
         *,
         max_new_tokens: int = 32,
         chat: bool | None = None,
+        as_of: datetime | None = None,
         **generate_kwargs: Any,
     ) -> Generation | list[Generation]:
-        """Greedy (by default) generation for one prompt (str or chat messages) or a list of them (batched)."""
+        """Greedy (by default) generation for one prompt (str or chat messages) or a list of them (batched).
+
+        ``as_of``: answer with the facts valid at that instant (default now; see :meth:`prepare_prompt`)."""
         single = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], dict))
         prompts = [prompt] if single else list(prompt)
         with self.lock:  # the stated facts and the model's edits come from one state of the memory
-            results = self._generate(prompts, max_new_tokens=max_new_tokens, chat=chat, **generate_kwargs)
+            results = self._generate(prompts, max_new_tokens=max_new_tokens, chat=chat, as_of=as_of, **generate_kwargs)
         return results[0] if single else results
 
     def _generate(self, prompts: list[PromptInput], *, max_new_tokens: int, chat: bool | None,
-                  **generate_kwargs: Any) -> list[Generation]:
-        prepared = [self.prepare_prompt(p, chat=chat) for p in prompts]
+                  as_of: datetime | None, **generate_kwargs: Any) -> list[Generation]:
+        prepared = [self.prepare_prompt(p, chat=chat, as_of=as_of) for p in prompts]
         texts = [p for p, _ in prepared]
         use_chat = self.chat if chat is None else chat
         ids = [self.tokenizer(t, add_special_tokens=not use_chat)["input_ids"] for t in texts]
@@ -246,7 +311,7 @@ class EditableLLM:
         generate_kwargs.setdefault("do_sample", False)
         if not generate_kwargs["do_sample"]:
             generate_kwargs.update(temperature=None, top_p=None, top_k=None)
-        with self.strategy.forward_call() as call:
+        with self.strategy.forward_call(**self._validity(as_of)) as call:
             out = self.model.generate(
                 input_ids=input_ids.to(self.loaded.device),
                 attention_mask=attention_mask.to(self.loaded.device),

@@ -20,6 +20,25 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def to_utc(value: datetime | None) -> datetime | None:
+    """A timezone-aware UTC datetime: naive values are taken as UTC, aware ones converted.
+
+    Every datetime a fact carries goes through this, so dates with and without a zone compare (a mixed feed once
+    raised ``TypeError`` on ``valid_to < valid_from``) and ``as_of`` filters compare like with like.
+    """
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+#: size limits of a fact's text fields (characters). A 100 KB target once drowned the embedding of its prompt and
+#: another fact was retrieved for its own question; prompts and answers are sentences, not documents.
+MAX_SUBJECT_CHARS = 500
+MAX_PROMPT_CHARS = 2_000
+MAX_TARGET_CHARS = 1_000
+MAX_LIST_ITEMS = 64
+
+
 def _norm(text: str) -> str:
     """Whitespace- and Unicode-normalised text used for ids and slot keys (case is kept)."""
     return " ".join(unicodedata.normalize("NFC", text).split())
@@ -61,6 +80,11 @@ class Provenance(BaseModel):
     confidence: float = 1.0
     """Confidence in [0, 1] given by the source."""
 
+    @field_validator("ingested_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return to_utc(value)
+
     @field_validator("confidence")
     @classmethod
     def _confidence_in_range(cls, value: float) -> float:
@@ -79,18 +103,20 @@ class Fact(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
-    subject: str = Field(min_length=1)
-    prompt: str = Field(min_length=1)
-    target: str = Field(min_length=1)
-    rephrases: list[str] = Field(default_factory=list)
+    subject: str = Field(min_length=1, max_length=MAX_SUBJECT_CHARS)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    target: str = Field(min_length=1, max_length=MAX_TARGET_CHARS)
+    rephrases: list[str] = Field(default_factory=list, max_length=MAX_LIST_ITEMS)
     """Paraphrases of ``prompt`` (evaluation, and strategies that train on them)."""
-    locality_prompts: list[str] = Field(default_factory=list)
+    locality_prompts: list[str] = Field(default_factory=list, max_length=MAX_LIST_ITEMS)
     """Unrelated prompts whose answers must not change."""
-    relation: str | None = None
+    relation: str | None = Field(default=None, max_length=MAX_SUBJECT_CHARS)
     valid_from: datetime | None = None
+    """First instant the fact holds (UTC; a date means midnight UTC). Before it, retrieval-gated strategies skip it."""
     valid_to: datetime | None = None
-    tags: list[str] = Field(default_factory=list)
-    namespace: str = "default"
+    """First instant the fact no longer holds (exclusive). From then on retrieval-gated strategies skip it."""
+    tags: list[str] = Field(default_factory=list, max_length=MAX_LIST_ITEMS)
+    namespace: str = Field(default="default", max_length=MAX_SUBJECT_CHARS)
     """Scope for retrieval-gated strategies; parametric strategies (lyaplock) edit globally."""
     provenance: Provenance = Field(default_factory=Provenance)
 
@@ -100,6 +126,19 @@ class Fact(BaseModel):
         if not value.strip():
             raise ValueError("must not be blank")
         return value
+
+    @field_validator("rephrases", "locality_prompts")
+    @classmethod
+    def _prompt_sized(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if len(item) > MAX_PROMPT_CHARS:
+                raise ValueError(f"an item has {len(item)} characters, at most {MAX_PROMPT_CHARS} allowed")
+        return value
+
+    @field_validator("valid_from", "valid_to")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return to_utc(value)
 
     @field_validator("target")
     @classmethod
@@ -114,6 +153,11 @@ class Fact(BaseModel):
         if self.valid_from and self.valid_to and self.valid_to < self.valid_from:
             raise ValueError("valid_to is before valid_from")
         return self
+
+    def valid_at(self, when: datetime) -> bool:
+        """True when ``when`` lies in ``[valid_from, valid_to)`` (open ends are unbounded)."""
+        when = to_utc(when)
+        return (self.valid_from is None or self.valid_from <= when) and (self.valid_to is None or when < self.valid_to)
 
     @property
     def id(self) -> str:
@@ -148,6 +192,11 @@ class StoredFact(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     retracted_at: datetime | None = None
 
+    @field_validator("created_at", "retracted_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return to_utc(value)
+
     @property
     def active(self) -> bool:
         return self.status is FactStatus.active
@@ -168,6 +217,11 @@ class LedgerEntry(BaseModel):
     actor: str = "sdk"
     subject: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return to_utc(value)
 
 
 class FactValidationError(ValueError):
@@ -190,13 +244,27 @@ def parse_fact(data: dict[str, Any] | Fact, *, record: str = "record", provenanc
     if not isinstance(data, dict):
         raise FactValidationError(record, [("<record>", "must be an object", data)])
     payload = dict(data)
+    own = payload.get("provenance") or {}
+    if not isinstance(own, dict):
+        raise FactValidationError(record, [("provenance", "must be an object", _short_value(own))])
     if provenance:
-        payload["provenance"] = {**provenance, **(payload.get("provenance") or {})}
+        payload["provenance"] = {**provenance, **own}
     try:
         return Fact.model_validate(payload)
     except ValidationError as exc:
         errors = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "<record>"
-            errors.append((field, err["msg"], err.get("input")))
+            errors.append((field, err["msg"], _short_value(err.get("input"))))
         raise FactValidationError(record, errors) from None
+    except (TypeError, ValueError, OverflowError) as exc:  # a validator tripping on an odd value: still name the record
+        raise FactValidationError(record, [("<record>", f"{type(exc).__name__}: {exc}", None)]) from None
+
+
+def _short_value(value: Any, limit: int = 80) -> Any:
+    """The offending value for an error message, cut to ``limit`` characters (a 100 KB target is not echoed)."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]}... ({len(value)} characters)"
+    if isinstance(value, (dict, list)) and len(repr(value)) > limit:
+        return f"{repr(value)[:limit]}..."
+    return value

@@ -18,12 +18,18 @@ provenance         no        object with source, source_uri, author, confidence;
                              ``source``, ``source_uri``, ``author``, ``confidence`` work too
 =================  ========  ===================================================================
 
-A bad record is reported with its line number and field and does not stop or undo the good ones.
+A bad record is reported with its line number and field and does not stop or undo the good ones. That includes bytes
+that are not text: a line with invalid UTF-8 is rejected by line number and the others are read; a UTF-8 byte-order
+mark is ignored; UTF-16 and UTF-32 files with a byte-order mark are decoded; a binary file (NUL bytes, no BOM) is
+one rejection. Limits: a line (JSONL) or row (CSV) holds at most :data:`MAX_LINE_BYTES`; text fields have the limits
+of :class:`~editmem.facts.Fact` (subject 500, prompt 2,000, target 1,000 characters, lists 64 items).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,11 +37,15 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from editmem.facts import Fact, FactValidationError, parse_fact
+from editmem.facts import Fact, FactStatus, FactValidationError, parse_fact
 
 PROVENANCE_COLUMNS = ("source", "source_uri", "author", "confidence")
 LIST_COLUMNS = {"rephrases": "|", "locality_prompts": "|", "tags": ","}
 IMPORT_CHUNK = 64  # facts per llm.edit call (and per artifact save) during an import
+MAX_LINE_BYTES = 256 * 1024
+"""Longest feed line (or CSV row) accepted; longer ones are rejected by line number."""
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 
 class RejectedRecord(BaseModel):
@@ -51,6 +61,8 @@ class ImportSummary(BaseModel):
     added: int = 0
     duplicate: int = 0
     superseded: int = 0
+    stale: int = 0
+    """facts superseded earlier and sent again (an old feed): not re-activated"""
     rejected: list[RejectedRecord] = Field(default_factory=list)
     dry_run: bool = False
 
@@ -65,7 +77,11 @@ def _normalise_record(raw: dict[str, Any], *, from_csv: bool) -> dict[str, Any]:
         for column, sep in LIST_COLUMNS.items():
             if isinstance(record.get(column), str):
                 record[column] = [x.strip() for x in record[column].split(sep) if x.strip()]
-    provenance = dict(record.pop("provenance", None) or {})
+    provenance = record.pop("provenance", None) or {}
+    if not isinstance(provenance, dict):  # left for validation to reject by name
+        record["provenance"] = provenance
+        return record
+    provenance = dict(provenance)
     for column in PROVENANCE_COLUMNS:
         if column in record:
             provenance.setdefault(column, record.pop(column))
@@ -74,34 +90,98 @@ def _normalise_record(raw: dict[str, Any], *, from_csv: bool) -> dict[str, Any]:
     return record
 
 
-def read_feed(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
-    """Yield ``(line_number, record_or_parse_error)`` for every record of a JSONL or CSV feed."""
-    path = Path(path)
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames:
+def decode_lines(data: bytes) -> Iterator[tuple[int, str | Exception]]:
+    """Split a feed's bytes into ``(line_number, text_or_error)``: BOMs handled, one bad line never spoils the rest."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            if encoding != "utf-8-sig":
+                try:
+                    text = data.decode(encoding)
+                except UnicodeDecodeError as exc:
+                    yield 1, ValueError(f"file starts with a {encoding.upper()} byte-order mark but is not valid {encoding.upper()} (byte {exc.start})")
+                    return
+                for number, line in enumerate(text.splitlines(keepends=True), start=1):
+                    yield number, line
                 return
-            for row in reader:
-                extra = row.pop(None, None)
-                if extra:
-                    yield reader.line_num, ValueError(f"{len(extra)} more value(s) than header columns")
-                    continue
-                yield reader.line_num, _normalise_record(row, from_csv=True)
+            data = data[len(bom):]
+            break
+    raw_lines = data.splitlines(keepends=True)
+    with_nul = sum(1 for raw in raw_lines if b"\x00" in raw)
+    if with_nul > max(3, len(raw_lines) // 2):  # one message for a binary file, not one per "line"
+        yield 1, ValueError(f"binary file ({with_nul} of {len(raw_lines)} lines hold NUL bytes, no byte-order mark): a feed is UTF-8 text, JSONL or CSV")
         return
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip() or line.lstrip().startswith("#"):
+    for number, raw in enumerate(raw_lines, start=1):
+        if b"\x00" in raw:
+            yield number, ValueError("line holds NUL bytes (binary data, or UTF-16 without a byte-order mark)")
+            continue
+        if len(raw) > MAX_LINE_BYTES:
+            yield number, ValueError(f"line is {len(raw):,} bytes, at most {MAX_LINE_BYTES:,} allowed")
+            continue
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield number, ValueError(f"not valid UTF-8 at byte {exc.start + 1} of the line ({raw[exc.start:exc.start + 1]!r}); save the feed as UTF-8")
+
+
+def _read_csv(lines: list[tuple[int, str | Exception]]) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
+    bad = {number: item for number, item in lines if isinstance(item, Exception)}
+    # undecodable lines become empty lines: csv skips them and line numbers stay those of the file
+    text = [item if isinstance(item, str) else "\n" for _, item in lines]
+    reader = csv.DictReader(io.StringIO("".join(text), newline=""))
+    reported: set[int] = set()
+
+    def flush_bad(upto: int) -> Iterator[tuple[int, Exception]]:
+        for number in sorted(n for n in bad if n <= upto and n not in reported):
+            reported.add(number)
+            yield number, bad[number]
+
+    try:
+        if not reader.fieldnames:
+            yield from flush_bad(len(lines))
+            return
+        names = [n.strip() if isinstance(n, str) else n for n in reader.fieldnames]
+        reader.fieldnames = names
+        for row in reader:
+            yield from flush_bad(reader.line_num)
+            number = reader.line_num  # the row's last physical line (a quoted field may span several)
+            if sum(len(str(v or "")) for v in row.values()) > MAX_LINE_BYTES:
+                yield number, ValueError(f"row is over {MAX_LINE_BYTES:,} characters")
                 continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield number, ValueError(f"invalid JSON: {exc.msg} at column {exc.colno}")
+            extra = row.pop(None, None)
+            if extra:
+                yield number, ValueError(f"{len(extra)} more value(s) than header columns")
                 continue
-            if not isinstance(data, dict):
-                yield number, ValueError("a feed line must be a JSON object")
-                continue
-            yield number, _normalise_record(data, from_csv=False)
+            yield number, _normalise_record(row, from_csv=True)
+    except csv.Error as exc:
+        yield reader.line_num or 1, ValueError(f"CSV: {exc}")
+    yield from flush_bad(len(lines))
+
+
+def read_feed(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
+    """Yield ``(line_number, record_or_error)`` for every record of a JSONL or CSV feed (never raises on content)."""
+    path = Path(path)
+    lines = list(decode_lines(path.read_bytes()))
+    if path.suffix.lower() == ".csv":
+        yield from _read_csv(lines)
+        return
+    for number, line in lines:
+        if isinstance(line, Exception):
+            yield number, line
+            continue
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, ValueError(f"invalid JSON: {exc.msg} at column {exc.colno}")
+            continue
+        except RecursionError:
+            yield number, ValueError("invalid JSON: nested too deeply")
+            continue
+        if not isinstance(data, dict):
+            yield number, ValueError("a feed line must be a JSON object")
+            continue
+        yield number, _normalise_record(data, from_csv=False)
 
 
 def parse_feed(path: str | Path, *, feed_name: str | None = None, source: str = "feed") -> tuple[list[tuple[int, Fact]], list[RejectedRecord]]:
@@ -120,7 +200,8 @@ def parse_feed(path: str | Path, *, feed_name: str | None = None, source: str = 
             good.append((number, parse_fact(item, record=record, provenance=defaults)))
         except FactValidationError as exc:
             for field, msg, value in exc.errors:
-                rejected.append(RejectedRecord(line=number, field=field, message=f"{msg} (got {value!r})"))
+                got = f" (got {value!r})" if value is not None else ""
+                rejected.append(RejectedRecord(line=number, field=field, message=f"{msg}{got}"))
     return good, rejected
 
 
@@ -134,7 +215,8 @@ def count_dry_run(memory, facts: list[Fact], summary: ImportSummary) -> ImportSu
             summary.added += 1
             continue
         summary.duplicate += int(stored.active)
-        summary.added += int(not stored.active)
+        summary.stale += int(stored.status is FactStatus.superseded)
+        summary.added += int(stored.status is FactStatus.retracted)
     return summary
 
 
@@ -152,6 +234,7 @@ def apply_facts(llm, facts: list[Fact], summary: ImportSummary, *, actor: str = 
             summary.added += len(report.added)
             summary.duplicate += len(report.duplicates)
             summary.superseded += len(report.superseded)
+            summary.stale += len(getattr(report, "stale", []))
             bar.update(len(chunk))
     return summary
 

@@ -80,6 +80,21 @@ def test_reopen_restores_everything_and_ledger_replays_to_the_same_state(tmp_pat
 
 def test_store_refuses_another_model(memory):
     memory.check_model(model_name="a", fingerprint="111", strategy="context")
-    memory.check_model(model_name="a", fingerprint="111", strategy="llp")  # switching strategy is allowed
+    with pytest.raises(StoreMismatchError, match="keeps its strategy"):
+        memory.check_model(model_name="a", fingerprint="111", strategy="llp")
+    memory.check_model(model_name="a", fingerprint="111", strategy="llp", switch_strategy=True)  # deliberate switch
+    assert memory.read_meta()["strategy"] == "llp"
     with pytest.raises(StoreMismatchError, match="built for model 'a'"):
         memory.check_model(model_name="b", fingerprint="222", strategy="context")
+
+
+def test_add_many_matches_adding_one_by_one(tmp_path):
+    batch = [CEO_OLD, POPE, CEO_NEW, POPE, CEO_OLD]  # supersede inside the batch, a duplicate, then a stale re-send
+    bulk = EditMemory(tmp_path / "bulk")
+    single = EditMemory(tmp_path / "single")
+    assert [r.status for r in bulk.add_many(batch)] == [single.add(f).status for f in batch]
+    assert [r.status for r in bulk.add_many(batch)] == ["stale", "duplicate", "duplicate", "duplicate", "stale"]
+    assert [(e.action, e.fact_id, e.seq) for e in bulk.ledger.entries()] == [(e.action, e.fact_id, e.seq) for e in single.ledger.entries()]
+    assert {s.id: s.status for s in bulk.list(status=None)} == {s.id: s.status for s in single.list(status=None)}
+    assert bulk.verify().ok and EditMemory(tmp_path / "bulk").verify().ok
+    assert bulk.search("Who runs Intel?", k=1)[0][0].fact.target == "Lip-Bu Tan"

@@ -1,7 +1,19 @@
-"""The persistent edit memory (Chroma + ledger + artifacts)."""
+"""The persistent edit memory (ledger + Chroma + artifacts), its writer lock and its checks."""
 
 from editmem.memory.artifacts import ArtifactStore
+from editmem.memory.errors import (
+    FactNotFoundError,
+    LedgerCorruptError,
+    StoreError,
+    StoreLockedError,
+    StoreMismatchError,
+    StoreUnusableError,
+)
 from editmem.memory.ledger import Ledger
-from editmem.memory.store import AddResult, EditMemory, FactNotFoundError, StoreMismatchError
+from editmem.memory.recovery import VerifyReport
+from editmem.memory.store import AddResult, EditMemory
 
-__all__ = ["AddResult", "ArtifactStore", "EditMemory", "FactNotFoundError", "Ledger", "StoreMismatchError"]
+__all__ = [
+    "AddResult", "ArtifactStore", "EditMemory", "FactNotFoundError", "Ledger", "LedgerCorruptError", "StoreError",
+    "StoreLockedError", "StoreMismatchError", "StoreUnusableError", "VerifyReport",
+]

@@ -7,7 +7,9 @@ Layout: ``artifacts/<strategy>/<name>.safetensors`` and ``artifacts/<strategy>/<
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,15 @@ class ArtifactStore:
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # a read-only store: loading works if the folder exists, saving raises then
+
+    @staticmethod
+    def _tmp(path: Path) -> Path:
+        """A temporary name unique to this process and call: two processes saving at once never share one."""
+        return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
     def _path(self, name: str, suffix: str) -> Path:
         if "/" in name or name.startswith("."):
@@ -29,7 +39,7 @@ class ArtifactStore:
 
     def save_tensors(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
         path = self._path(name, ".safetensors")
-        tmp = path.with_suffix(".tmp")
+        tmp = self._tmp(path)
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
         tmp.replace(path)
         return path
@@ -40,7 +50,7 @@ class ArtifactStore:
 
     def save_json(self, name: str, data: Any) -> Path:
         path = self._path(name, ".json")
-        tmp = path.with_suffix(".jsontmp")
+        tmp = self._tmp(path)
         tmp.write_text(json.dumps(data, indent=1, default=str))
         tmp.replace(path)
         return path
@@ -58,4 +68,6 @@ class ArtifactStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def names(self) -> list[str]:
-        return sorted({p.stem for p in self.root.iterdir() if p.suffix in (".safetensors", ".json")})
+        if not self.root.is_dir():
+            return []
+        return sorted({p.stem for p in self.root.iterdir() if p.suffix in (".safetensors", ".json") and not p.name.startswith(".")})

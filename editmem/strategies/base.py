@@ -36,6 +36,7 @@ import typing
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -68,6 +69,10 @@ class ForwardCall:
 
     traces: list[EditTrace | None] = dataclasses.field(default_factory=list)
     """One trace per batch row (retrieval strategies); empty when the strategy reports none."""
+    as_of: datetime | None = None
+    """The instant the call's facts must be in force at (None: no temporal scope was asked for)."""
+    exclude: frozenset[str] = frozenset()
+    """Active facts not in force at ``as_of``: a retrieval-gated strategy never fires them in this call."""
 
 
 @dataclasses.dataclass
@@ -165,6 +170,10 @@ class Strategy(ABC):
     #: in the weights); the evaluation harness then batches generations. False for strategies that decide once per
     #: forward call.
     batch_safe: ClassVar[bool] = False
+    #: True for retrieval-gated strategies that honour temporal validity: facts outside ``[valid_from, valid_to)``
+    #: at the call's ``as_of`` do not fire (``rewrite_query(..., as_of=)`` for in-context strategies,
+    #: ``ForwardCall.exclude`` for strategies that route inside the model). Parametric edits cannot be scoped.
+    supports_as_of: ClassVar[bool] = False
 
     def __init__(self, model: torch.nn.Module, tokenizer, config: StrategyConfig, artifacts: ArtifactStore, memory=None):
         from editmem.adapters import get_adapter
@@ -252,8 +261,9 @@ class Strategy(ABC):
             if was:
                 self.attach()
 
-    def rewrite_query(self, query: str) -> tuple[str | None, EditTrace | None]:
-        """``query`` restated with the facts it needs (in-context strategies); None when nothing changes.
+    def rewrite_query(self, query: str, *, as_of: datetime | None = None) -> tuple[str | None, EditTrace | None]:
+        """``query`` restated with the facts it needs (in-context strategies; those in force at ``as_of`` when the
+        strategy ``supports_as_of``); None when nothing changes.
 
         Strategies acting inside the model keep the default (no rewrite) and report what fired in the traces of
         their :meth:`forward_call`.
@@ -261,11 +271,12 @@ class Strategy(ABC):
         return None, None
 
     @contextmanager
-    def forward_call(self):
+    def forward_call(self, *, as_of: datetime | None = None, exclude: frozenset[str] = frozenset()):
         """``with strategy.forward_call() as call: model(...)``: the per-call state of one user-facing forward or
-        generation (``call.traces``); calls nest (the inner one is its own call)."""
+        generation (``call.traces``; ``as_of`` / ``exclude`` scope it in time); calls nest (the inner one is its own
+        call)."""
         outer = getattr(self._calls, "current", None)
-        call = ForwardCall()
+        call = ForwardCall(as_of=as_of, exclude=frozenset(exclude))
         self._calls.current = call
         self.begin_forward()
         try:

@@ -16,6 +16,9 @@ system message, Q:/A: pairs, top-1 / top-3     6 / 8      5 / 4
 user message, facts then question, top-3       13         10
 =============================================  =========  ===========
 
+Temporal validity: only facts valid at the call's ``as_of`` (default now) are retrieved, i.e. ``valid_from <= as_of <
+valid_to``; an expired fact stops being stated at its ``valid_to``, a future-dated one starts at its ``valid_from``.
+
 The small model follows facts in the user turn and is confused by several facts at once, hence ``top_k=1``.
 Similarity of paraphrases to their stored prompt: min 0.685, median 0.81; of the same-subject unrelated probes to
 the nearest stored prompt: max 0.649, median 0.52; hence ``min_similarity=0.65``.
@@ -25,11 +28,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, ClassVar
 
 import torch
 
-from editmem.facts import StoredFact
+from editmem.facts import StoredFact, to_utc, utcnow
 from editmem.strategies.base import EditTrace, Strategy, StrategyConfig, register_strategy
 
 
@@ -67,6 +71,8 @@ class ContextStrategy(Strategy):
     """State the retrieved facts in the prompt."""
 
     batch_safe = True  # facts are retrieved and stated per prompt
+    #: EditableLLM passes ``as_of`` (an aware UTC datetime) to :meth:`rewrite_query`
+    supports_as_of: ClassVar[bool] = True
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -90,27 +96,32 @@ class ContextStrategy(Strategy):
         self._applied = set(state.get("applied", []))
         return set(self._applied)
 
-    def _hits(self, query: str) -> list[tuple[StoredFact, float]]:
-        hits = self.memory.search(query, k=self.config.top_k)
+    def _hits(self, query: str, as_of: datetime) -> list[tuple[StoredFact, float]]:
+        hits = self.memory.search(query, k=self.config.top_k, as_of=as_of)
         return [(s, score) for s, score in hits if score >= self.config.min_similarity and s.id in self._applied]
 
-    def rewrite_query(self, query: str) -> tuple[str | None, EditTrace | None]:
+    def rewrite_query(self, query: str, *, as_of: datetime | None = None) -> tuple[str | None, EditTrace | None]:
+        """``query`` restated with the facts retrieved for it among those valid at ``as_of`` (default now)."""
         if not self.attached:
             return None, None
-        hits = self._hits(query)
-        trace = EditTrace(strategy=self.name, fact_ids=[s.id for s, _ in hits], scores={s.id: round(score, 4) for s, score in hits})
+        when = to_utc(as_of) or utcnow()
+        hits = self._hits(query, when)
+        trace = EditTrace(strategy=self.name, fact_ids=[s.id for s, _ in hits], scores={s.id: round(score, 4) for s, score in hits},
+                          details={"as_of": when.isoformat()})
         if not hits:
             return None, trace
         facts = "\n".join(f"{s.fact.prompt} {s.fact.target}" for s, _ in hits)
         return self.config.template.format(facts=facts, query=query), trace
 
-    def explain(self, prompt: str) -> EditTrace:
-        hits = self.memory.search(prompt, k=self.config.top_k)
+    def explain(self, prompt: str, *, as_of: datetime | None = None) -> EditTrace:
+        when = to_utc(as_of) or utcnow()
+        hits = self.memory.search(prompt, k=self.config.top_k, as_of=when)
         return EditTrace(
             strategy=self.name,
             fact_ids=[s.id for s, score in hits if score >= self.config.min_similarity and s.id in self._applied],
             scores={s.id: round(score, 4) for s, score in hits},
-            details={"min_similarity": self.config.min_similarity, "retrieval": "all-MiniLM-L6-v2 cosine via Chroma"},
+            details={"min_similarity": self.config.min_similarity, "as_of": when.isoformat(),
+                     "retrieval": "all-MiniLM-L6-v2 cosine, exact search over the memory's embeddings"},
         )
 
 

@@ -17,6 +17,13 @@ class _FactRec:
     id: str
     prompt: str
     target: str
+    #: the fact's validity window (ISO instants, None = open); an entry only holds facts of one window
+    valid_from: str | None = None
+    valid_to: str | None = None
+
+    @property
+    def window(self) -> tuple[str | None, str | None]:
+        return self.valid_from, self.valid_to
 
 
 @dataclasses.dataclass

@@ -147,11 +147,15 @@ class Router:
         first_vote = torch.full((batch, n), 10**9, dtype=torch.long)
         vote_score = torch.zeros(batch, n)
         per_layer: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        call = self.current_call()
+        dead = self._out_of_force(call.exclude)
         order = 0
         for layer in cfg.retrieval_layers:
             scores = state.scores.get(layer)
             if scores is None:
                 continue
+            if dead is not None:  # facts not in force at the call's as_of: their entries never win
+                scores = scores.masked_fill(dead.to(scores.device)[None, :], float("-inf"))
             top_v, top_i = scores.detach().float().cpu().topk(k, dim=1)
             per_layer[layer] = (top_v, top_i)
             ok = top_v > cfg.t_layer
@@ -188,12 +192,22 @@ class Router:
             state.values = rows
         self.current_call().traces = traces
 
+    def _out_of_force(self, exclude: frozenset[str]) -> torch.Tensor | None:
+        """``[N]`` mask of the entries all of whose facts are in ``exclude`` (None when none is)."""
+        if not exclude:
+            return None
+        dead = torch.tensor([set(self._entries[eid].fact_ids) <= exclude for eid in self._order], dtype=torch.bool)
+        return dead if bool(dead.any()) else None
+
     def _trace(self, row: int, winner: int | None, votes: torch.Tensor, per_layer: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> EditTrace:
         layers = {}
         for layer, (top_v, top_i) in per_layer.items():
             layers[str(layer)] = [[self._order[int(i)], round(float(s), 4)] for s, i in zip(top_v[row], top_i[row])]
         voted = {self._order[int(i)]: int(votes[i]) for i in votes.nonzero().squeeze(1).tolist()} if votes.numel() else {}
         details: dict[str, Any] = {"layer_scores": layers, "votes": voted, "t_layer": self.cfg.t_layer, "t_vote": self.cfg.t_vote}
+        as_of = self.current_call().as_of
+        if as_of is not None:
+            details["as_of"] = as_of.isoformat()
         if winner is None:
             return EditTrace(strategy=self.name, details=details)
         entry = self._entries[self._order[winner]]

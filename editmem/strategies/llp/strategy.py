@@ -28,7 +28,8 @@ logger = logging.getLogger("editmem.strategies.llp")
 class LLPStrategy(Router, KeyTraining, ValueTraining, WriteResources, Strategy):
     """Layer-Level Prompting: retrieval-gated layer-level prompts (see the module docstring)."""
 
-    batch_safe = True  # retrieval, vote and injection are decided per row (tests/test_llp.py: mixed batches)
+    batch_safe = True
+    supports_as_of = True  # entries whose facts are not in force at the call's as_of are masked before the vote  # retrieval, vote and injection are decided per row (tests/test_llp.py: mixed batches)
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -94,19 +95,20 @@ class LLPStrategy(Router, KeyTraining, ValueTraining, WriteResources, Strategy):
         """Write facts: one entry per subject (a new fact about a stored subject rebuilds that entry)."""
         if not facts:
             return
-        groups: dict[str, list[StoredFact]] = {}
+        groups: dict[tuple[str, tuple[str | None, str | None]], list[StoredFact]] = {}
         for stored in facts:
             if not stored.fact.subject or stored.fact.subject not in stored.fact.prompt:
                 raise ValueError(f"llp: fact {stored.id}: subject {stored.fact.subject!r} must occur in prompt {stored.fact.prompt!r}")
-            groups.setdefault(stored.fact.subject.strip().casefold(), []).append(stored)
+            # facts of one subject share an entry only within one validity window (an entry fires or not as a whole)
+            groups.setdefault((stored.fact.subject.strip().casefold(), _window(stored)), []).append(stored)
         jobs: list[tuple[str, str, list[_FactRec], int, torch.Tensor | None]] = []  # (entry id, subject, facts, seed, kept key)
         applied = self.applied_ids()
-        for skey, group in groups.items():
-            new = [_FactRec(s.id, s.fact.prompt, s.fact.target) for s in group if s.id not in applied]
+        for (skey, window), group in groups.items():
+            new = [_FactRec(s.id, s.fact.prompt, s.fact.target, *window) for s in group if s.id not in applied]
             if not new:
                 continue
             existing = next((e for e in self._entries.values() if e.subject.strip().casefold() == skey
-                             and len(e.facts) < self.config.max_facts_per_entry), None)
+                             and e.facts[0].window == window and len(e.facts) < self.config.max_facts_per_entry), None)
             pending: list[_FactRec] = list(existing.facts) if existing else []
             subject = existing.subject if existing else group[0].fact.subject
             if existing is not None:
@@ -199,6 +201,11 @@ class LLPStrategy(Router, KeyTraining, ValueTraining, WriteResources, Strategy):
             self._order.append(entry.id)
         self._invalidate()
         return self.applied_ids()
+
+
+def _window(stored: StoredFact) -> tuple[str | None, str | None]:
+    fact = stored.fact
+    return (fact.valid_from.isoformat() if fact.valid_from else None, fact.valid_to.isoformat() if fact.valid_to else None)
 
 
 register_strategy(name="llp", config_cls=LLPConfig, strategy_cls=LLPStrategy)
