@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.editmem-installed
 PIP_VERSION := 26.3
 UPGRADE_VENV := .venv-upgrade
 
-.PHONY: setup demo test test-fast bench clean lock upgrade-check docs
+.PHONY: setup demo test test-fast bench clean lock upgrade-check docs chroma-server
 
 # The set-up installs exactly what requirements.lock says (every transitive dependency, compiled from
 # pyproject.toml by `make lock`), so an upstream release cannot change a fresh machine's environment.
@@ -60,8 +60,15 @@ test-fast: setup
 docs: setup
 	$(PY) -m mkdocs build --strict
 
+# A Chroma server on loopback for several model workers on one memory (docs/deployment.md).
+CHROMA_HOST ?= 127.0.0.1
+CHROMA_PORT ?= 8000
+CHROMA_PATH ?= .chroma-server
+chroma-server: setup
+	$(VENV)/bin/chroma run --path $(CHROMA_PATH) --host $(CHROMA_HOST) --port $(CHROMA_PORT)
+
 bench: setup
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) $(UPGRADE_VENV) .venv-tools .demo-store .pytest_cache site
+	rm -rf $(VENV) $(UPGRADE_VENV) .venv-tools .demo-store .pytest_cache site .chroma-server
