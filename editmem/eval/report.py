@@ -15,6 +15,7 @@ FAMILY_TITLES = {
     "easyedit": "EasyEdit family (WISE/LLP tables; fractions in [0, 1])",
     "memit": "MEMIT family (LyapLock/AlphaEdit tables; percentages)",
     "generation": "Generation metrics (greedy answers as a user sees them; fractions)",
+    "user": "What users see: same-subject questions, aliases, degeneration (fractions; entropy in bits)",
 }
 
 
@@ -116,6 +117,13 @@ def render_report(result: EvalResult) -> str:
                   f"p95 {1000 * t['edit_latency_per_fact_p95_s']:.1f} ms ({t.get('torch_threads')} torch threads).", ""]
     c = result.counters
     lines += [f"Counters: {', '.join(f'{k}={v}' for k, v in c.items())}.", ""]
+    if result.probes:
+        p = result.probes
+        lines += [f"Probes: {p.get('same_subject_probes', 0)} same-subject probes and {p.get('alias_paraphrases', 0)} "
+                  f"alias paraphrases ({p.get('records_with_alias', 0)} records have one); sources "
+                  f"{p.get('source')}; subject kinds {p.get('subject_kinds')}; "
+                  f"{p.get('probes_without_verbatim_subject', 0)} paraphrases/probes do not name the subject "
+                  "verbatim.", ""]
     if result.notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in result.notes] + [""]
     return "\n".join(lines)
