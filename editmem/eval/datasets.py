@@ -206,7 +206,7 @@ def _check_fields(label: str, raw: Any, kind: str) -> None:
 def _with_template_probes(record: EvalRecord, k: int = DEFAULT_K) -> EvalRecord:
     """Fill same-subject probes and alias paraphrases from the template bank (records that bring none)."""
     subject = record.fact.subject
-    kind, relation = subject_kind(record.fact.prompt)
+    kind, relation = subject_kind(record.fact.prompt, subject)
     aliases = derive_aliases(subject, kind)
     prompts = [p for p in [record.rephrase, record.fact.prompt] if p]
     return record.model_copy(update={

@@ -91,7 +91,7 @@ RELATION_RULES: tuple[tuple[str, SubjectKind, str], ...] = (
     (r"\bprofession\b|\boccupation\b|works? as|\bjob\b", "person", "occupation"),
     (r"plays? (?:the )?(?:position|as)|what position|which position|\bplays? for\b|\bclub\b", "person", "team"),
     (r"\binstrument\b", "person", "instrument"),
-    (r"\beducated\b|\bstud(?:y|ied)\b|alma mater|universit", "person", "education"),
+    (r"\beducated\b|\bstud(?:y|ied)\b|alma mater|\battended\b", "person", "education"),
     (r"headquarter|\bhq\b", "organisation", "headquarters"),
     (r"\bfounded\b|\bfounder\b|established", "organisation", "founded"),
     (r"\bchief executive\b|\bceo\b", "organisation", "chief_executive"),
@@ -107,9 +107,13 @@ RELATION_RULES: tuple[tuple[str, SubjectKind, str], ...] = (
 )
 
 
-def subject_kind(prompt: str) -> tuple[SubjectKind, str | None]:
-    """``(kind, edited relation)`` guessed from an edit prompt's wording; ``("generic", None)`` if no rule fits."""
-    text = prompt.casefold()
+def subject_kind(prompt: str, subject: str = "") -> tuple[SubjectKind, str | None]:
+    """``(kind, edited relation)`` guessed from an edit prompt's wording; ``("generic", None)`` if no rule fits.
+
+    The subject's own words are removed first, so "Autonomous University of Madrid, which is located in" is read
+    by its relation ("located in") and not by the name.
+    """
+    text = (prompt.replace(subject, " ") if subject else prompt).casefold()
     for pattern, kind, relation in RELATION_RULES:
         if re.search(pattern, text):
             return kind, relation
