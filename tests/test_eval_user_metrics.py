@@ -117,3 +117,14 @@ def test_benchmark_formats_get_template_probes(tmp_path):
     assert record.probe_source == "template" and record.subject_kind == "person"
     assert len(record.same_subject_probes) == 3
     assert record.alias_rephrases == ["What is the birthplace of Darrieux?"]
+
+
+def test_bars_section_reports_which_bars_are_met():
+    from editmem.eval.report import bars_section
+
+    lines = bars_section({"gen_reliability": 0.95, "gen_same_subject_unchanged": 0.35, "degenerate_edit": 0.01})
+    rows = {line.split("`")[1]: line for line in lines if "`" in line}
+    assert rows["gen_reliability"].endswith("| yes |")
+    assert rows["gen_same_subject_unchanged"].endswith("| no |")
+    assert rows["degenerate_edit"].endswith("| yes |")  # lower is better for degeneration
+    assert "gen_locality" not in rows and bars_section({}) == []

@@ -38,6 +38,31 @@ def _fmt(value: float | None, key: str = "") -> str:
     return f"{value:.4f}"
 
 
+#: issue #18's bars for the default strategy (greedy answers): metric -> (comparison, bar, label)
+USER_BARS: dict[str, tuple[str, float, str]] = {
+    "gen_reliability": (">=", 0.90, "edit prompt: target contained"),
+    "gen_alias_generality": (">=", 0.80, "alias paraphrase: target contained"),
+    "gen_same_subject_unchanged": (">=", 0.95, "same-subject probes unchanged"),
+    "gen_locality": (">=", 0.98, "unrelated probe unchanged"),
+    "degenerate_edit": ("<=", 0.02, "degenerate answers (edit prompts, paraphrases)"),
+    "degenerate_probes": ("<=", 0.02, "degenerate answers (probes)"),
+}
+
+
+def bars_section(metrics: dict[str, float]) -> list[str]:
+    """Markdown table of the post-edit values against :data:`USER_BARS` (rows for the metrics present)."""
+    rows = [(k, v) for k, v in USER_BARS.items() if k in metrics]
+    if not rows:
+        return []
+    lines = ["## Against the bars of issue #18 (greedy answers)", "", "| what | value | bar | met |",
+             "| --- | ---: | ---: | :---: |"]
+    for key, (op, bar, label) in rows:
+        value = metrics[key]
+        met = value >= bar if op == ">=" else value <= bar
+        lines.append(f"| {label} (`{key}`) | {value:.3f} | {op} {bar:.2f} | {'yes' if met else 'no'} |")
+    return lines + [""]
+
+
 #: at most this many telemetry rows in ``report.md`` (evenly spaced, the last always shown); all are in results.json
 MAX_TELEMETRY_ROWS = 25
 
@@ -93,6 +118,7 @@ def render_report(result: EvalResult) -> str:
             lines.append(f"| {key} | {_fmt(result.pre_metrics.get(key), key)} | {_fmt(result.metrics.get(key), key)} "
                          f"| {describe(key, result.kind)} |")
         lines.append("")
+    lines += bars_section(result.metrics)
     if len(result.curve) > 2:
         keys = metric_order(list(result.curve[-1].metrics))
         lines += ["## Curve (records edited so far, scored on the model at that point)", "",
