@@ -76,9 +76,11 @@ def test_summaries_pool_every_answer():
     ("Where was Danielle Darrieux born?", "person", "birthplace"),
     ("The mother tongue of Danielle Darrieux is", "person", "language"),
     ("Where is the headquarters of Nokia?", "organisation", "headquarters"),
-    ("Autonomous University of Madrid, which is located in", "place", "location"),
+    ("What is the twin city of Lyon? It is", "place", "location"),
     ("The original network of Friends is", "creative_work", "network"),
-    ("Quintus Sosius Senecio speaks", "generic", None),
+    ("Quintus Sosius Senecio speaks", "person", "language"),
+    ("What university did Watts Humphrey attend?", "person", "education"),
+    ("Which family does Ramalinaceae belong to?", "generic", None),
 ])
 def test_subject_kind_from_the_edit_prompt(prompt, kind, relation):
     assert subject_kind(prompt) == (kind, relation)
@@ -86,6 +88,9 @@ def test_subject_kind_from_the_edit_prompt(prompt, kind, relation):
 
 def test_subject_kind_ignores_the_subject_name():
     assert subject_kind("Born Free was written by", "Born Free") == ("creative_work", "creator")
+    prompt = "Autonomous University of Madrid, which is located in"
+    assert subject_kind(prompt, "Autonomous University of Madrid") == ("place", "location")
+    assert subject_kind(prompt)[0] == "person"  # without the subject, "University" reads as education
 
 
 def test_template_probes_skip_the_edited_relation_and_are_stable():

@@ -84,25 +84,30 @@ TEMPLATE_BANK: dict[str, tuple[tuple[str, str], ...]] = {
 #: (pattern on the lower-cased edit prompt, kind, relation); first match wins. Covers the common ZsRE/CounterFact
 #: relation wordings; anything else is ``generic`` with no relation excluded.
 RELATION_RULES: tuple[tuple[str, SubjectKind, str], ...] = (
+    (r"law in .* declares|official language|language (?:of|spoken)", "place", "language"),
     (r"\bborn\b|\bbirth", "person", "birthplace"),
-    (r"\bdied\b|\bdeath\b|passed away", "person", "death"),
-    (r"mother tongue|native language|languages? (?:does|did) .* speak", "person", "language"),
+    (r"\bdied\b|\bdie\b|\bdeath\b|passed away|life ended", "person", "death"),
+    (r"mother tongue|native (?:language|tongue)|\bspeaks?\b|speaker of|language used by|writes in", "person",
+     "language"),
     (r"citizen|nationality", "person", "nationality"),
-    (r"\bprofession\b|\boccupation\b|works? as|\bjob\b", "person", "occupation"),
-    (r"plays? (?:the )?(?:position|as)|what position|which position|\bplays? for\b|\bclub\b", "person", "team"),
-    (r"\binstrument\b", "person", "instrument"),
-    (r"\beducated\b|\bstud(?:y|ied)\b|alma mater|\battended\b", "person", "education"),
+    (r"religion", "person", "religion"),
+    (r"\bprofession\b|\boccupation\b|works? (?:as|in)|worked|employed|\bjob\b|holds? the (?:title|position)|"
+     r"position (?:that|of)|\bheld\b", "person", "occupation"),
+    (r"\bplays?\b|\bposition\b|sports team|\bteam\b|\bclub\b|\bplayer\b|member of", "person", "team"),
+    (r"\binstrument\b|\bperforms?\b", "person", "instrument"),
+    (r"\beducated\b|\bstud(?:y|ied)\b|alma mater|\battend|universit|\bwent\b", "person", "education"),
     (r"headquarter|\bhq\b", "organisation", "headquarters"),
-    (r"\bfounded\b|\bfounder\b|established", "organisation", "founded"),
+    (r"\bfounded\b|\bfounder\b|established|was formed", "organisation", "founded"),
     (r"\bchief executive\b|\bceo\b", "organisation", "chief_executive"),
     (r"\bowned by\b|\bowner\b|parent company|subsidiary", "organisation", "owner"),
     (r"record label|\blabel\b", "creative_work", "label"),
     (r"\bgenre\b", "creative_work", "genre"),
-    (r"composer|composed|\bwritten by\b|\bauthor\b|\bwrote\b|directed|\bdirector\b", "creative_work", "creator"),
-    (r"original network|\baired\b|premiered|\bbroadcast", "creative_work", "network"),
-    (r"capital|\bcontinent\b|located|\blocation\b|in which country|which country is|twin city|sister city",
-     "place", "location"),
-    (r"official language|language (?:of|spoken)", "place", "language"),
+    (r"composer|composed|\bwritten\b|\bauthor\b|\bwrote\b|directed|\bdirector\b|created|\bcreator\b|"
+     r"produced|product of|developed|\bmade\b|publisher|\bby who\b|, by$|formulated", "creative_work", "creator"),
+    (r"original network|\baired?\b|premiere|\bbroadcast|\bchannel\b", "creative_work", "network"),
+    (r"released|\bstar\b|appear in", "creative_work", "released"),
+    (r"capital|\bcontinent\b|located|\blocation\b|in which country|which country is|twin city|sister city|"
+     r"which place|place where|can be found in|is within|\bis in$|native to|country .* from", "place", "location"),
     (r"\bwon\b|\bwinner\b|champion|\bheld in\b|\bhost(?:ed)?\b", "event", "winner"),
 )
 
