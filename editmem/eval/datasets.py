@@ -10,10 +10,16 @@ zsre            src → alt             rephrase            loc, loc_ans        
 counterfact     prompt → target_new   rephrase_prompt     locality_prompt, _gt       ground_truth
 hallucination   prompt → target_new   —                   locality_prompt, _gt       —
 feed            prompt → target       rephrases[0]        locality_prompts[0], —     —
+realistic       prompt → target       paraphrases[0]      unrelated_probe, _answer   —
 ==============  ===================  ==================  =========================  ===============
+
+Every record also gets same-subject probes and alias paraphrases (:attr:`EvalRecord.same_subject_probes`,
+:attr:`EvalRecord.alias_rephrases`): the realistic benchmark brings its own; the other formats get them from the
+template bank and the mechanical aliases of :mod:`editmem.eval.probes` (``probe_source`` says which).
 
 Names (``zsre``, ``counterfact``, ``hallucination``) resolve to the evaluation splits in ``$EDITMEM_DATA_DIR``
 (default ``../shared/data`` next to the repository root). Data files are read in place, never copied.
+``realistic`` is the project's own benchmark, shipped as package data (:mod:`editmem.eval.realistic`).
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from editmem.eval.probes import DEFAULT_K, alias_rephrases, derive_aliases, subject_kind, template_probes
+from editmem.eval.realistic import REALISTIC_FILE, RealisticRecord, is_realistic
 from editmem.facts import Fact, FactValidationError, parse_fact
 
-DatasetKind = Literal["zsre", "counterfact", "hallucination", "feed"]
+DatasetKind = Literal["zsre", "counterfact", "hallucination", "feed", "realistic"]
 
 #: dataset name -> evaluation file in the data folder
 DATASET_FILES: dict[str, str] = {
@@ -70,6 +78,13 @@ class EvalRecord(BaseModel):
     """Continuation used as teacher-forcing context for token-level locality (never scored as ground truth)."""
     true_target: str | None = None
     """The answer being overwritten (CounterFact ``ground_truth``, ZsRE ``answers[0]``)."""
+    alias_rephrases: list[str] = []
+    """Paraphrases naming the subject differently (alias generality); may be empty."""
+    same_subject_probes: list[str] = []
+    """Questions about the same subject on other relations (same-subject specificity)."""
+    probe_source: Literal["record", "template"] = "template"
+    """Where the two lists above come from: the record itself, or :mod:`editmem.eval.probes`."""
+    subject_kind: str | None = None
     case_id: int | str
     kind: DatasetKind
 
@@ -94,6 +109,8 @@ def resolve_dataset(name_or_path: str | Path) -> Path:
     """
     text = str(name_or_path)
     key = text.lower()
+    if key == "realistic":
+        return REALISTIC_FILE
     if key in DATASET_FILES:
         path = data_dir() / DATASET_FILES[key]
         if not path.is_file():
@@ -101,7 +118,7 @@ def resolve_dataset(name_or_path: str | Path) -> Path:
         return path
     path = Path(text).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"no dataset file {path} (and {text!r} is not one of {sorted(DATASET_FILES)})")
+        raise FileNotFoundError(f"no dataset file {path} (and {text!r} is not one of {sorted(DATASET_FILES) + ['realistic']})")
     return path
 
 
@@ -116,6 +133,8 @@ def file_sha256(path: str | Path) -> str:
 
 def detect_kind(record: Any) -> DatasetKind:
     """Which format a raw record is in, from its keys."""
+    if is_realistic(record):
+        return "realistic"
     if isinstance(record, dict):
         keys = set(record)
         if {"src", "alt", "loc"} <= keys:
@@ -127,8 +146,25 @@ def detect_kind(record: Any) -> DatasetKind:
     return "feed"
 
 
+def _first_line_is_realistic(path: Path) -> bool:
+    """Whether a JSONL file's first record is in the realistic format (other JSONL files are editmem feeds)."""
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip() and not line.lstrip().startswith("#"):
+                try:
+                    return is_realistic(json.loads(line))
+                except json.JSONDecodeError:
+                    return False
+    return False
+
+
 def _raw_records(path: Path) -> list[tuple[str, Any]]:
     """``(label, raw record)`` pairs: labels name the record index (and line for JSONL/CSV feeds)."""
+    if path.suffix.lower() == ".jsonl" and _first_line_is_realistic(path):
+        from editmem.eval.realistic import iter_realistic
+
+        return [(f"{path.name} record {index} (line {line})", raw)
+                for index, (line, raw) in enumerate(iter_realistic(path))]
     if path.suffix.lower() in (".jsonl", ".csv"):
         from editmem.feeds import read_feed
 
@@ -167,7 +203,43 @@ def _check_fields(label: str, raw: Any, kind: str) -> None:
         raise FactValidationError(label, errors)
 
 
+def _with_template_probes(record: EvalRecord, k: int = DEFAULT_K) -> EvalRecord:
+    """Fill same-subject probes and alias paraphrases from the template bank (records that bring none)."""
+    subject = record.fact.subject
+    kind, relation = subject_kind(record.fact.prompt, subject)
+    aliases = derive_aliases(subject, kind)
+    prompts = [p for p in [record.rephrase, record.fact.prompt] if p]
+    return record.model_copy(update={
+        "subject_kind": kind,
+        "same_subject_probes": template_probes(subject, kind, relation, k),
+        "alias_rephrases": alias_rephrases(subject, prompts, aliases)[:1],
+        "probe_source": "template",
+    })
+
+
+def _realistic_record(label: str, raw: Any, index: int, provenance: dict[str, Any]) -> EvalRecord:
+    try:
+        rec = RealisticRecord.model_validate(raw)
+    except ValueError as exc:
+        raise FactValidationError(label, [("<record>", str(exc), None)]) from None
+    # Paraphrases stay out of fact.rephrases: a user states a fact once, and a strategy that trained on them
+    # would see the alias probes before they are scored.
+    fact = parse_fact({"subject": rec.subject, "prompt": rec.prompt, "target": rec.target, "relation": rec.relation,
+                       "tags": [rec.subject_kind, rec.id]},
+                      record=label, provenance={**provenance, "source_uri": rec.source})
+    return EvalRecord(fact=fact, rephrase=rec.paraphrases[0], loc_prompt=rec.unrelated_probe,
+                      loc_answer=rec.unrelated_answer, true_target=rec.previous,
+                      alias_rephrases=list(rec.alias_paraphrases), same_subject_probes=list(rec.same_subject_probes),
+                      probe_source="record", subject_kind=rec.subject_kind, case_id=rec.id, kind="realistic")
+
+
 def _to_record(label: str, raw: Any, kind: DatasetKind, index: int, provenance: dict[str, Any]) -> EvalRecord:
+    if kind == "realistic":
+        return _realistic_record(label, raw, index, provenance)
+    return _with_template_probes(_to_record_plain(label, raw, kind, index, provenance))
+
+
+def _to_record_plain(label: str, raw: Any, kind: DatasetKind, index: int, provenance: dict[str, Any]) -> EvalRecord:
     if kind == "feed":
         fact = parse_fact(raw, record=label, provenance={**provenance, "source": "eval"})
         return EvalRecord(

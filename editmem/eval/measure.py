@@ -24,6 +24,7 @@ from editmem.eval.metrics import (
     token_agreement,
 )
 from editmem.eval.scoring import Scorer
+from editmem.eval.user_probes import USER_METRIC_INFO, compare_probes, summarize_probes
 
 Measurement = dict[str, Any]
 
@@ -48,6 +49,7 @@ METRIC_INFO: dict[str, tuple[str, str, str]] = {
     "gen_reliability": ("generation", "higher", "greedy answer to the edit prompt contains the target"),
     "gen_generality": ("generation", "higher", "greedy answer to the paraphrase contains the target"),
     "gen_locality": ("generation", "higher", "greedy answer to the unrelated prompt is unchanged"),
+    **USER_METRIC_INFO,
 }
 
 
@@ -146,7 +148,8 @@ def measure_fluency(scorer: Scorer, records: Sequence[EvalRecord], *, seed: int,
 
 
 def compare_to_pre(post: Measurement, pre: Measurement) -> Measurement:
-    """Add the values defined against the pre-edit model: token locality, generation locality, PPL change."""
+    """Add the values defined against the pre-edit model: token locality, generation locality, PPL change, and the
+    same-subject / degeneration values of :func:`editmem.eval.user_probes.compare_probes`."""
     post = dict(post)
     if "locality_tokens" in post and "locality_tokens" in pre:
         post["locality_acc"] = token_agreement(pre["locality_tokens"], post["locality_tokens"])
@@ -154,7 +157,7 @@ def compare_to_pre(post: Measurement, pre: Measurement) -> Measurement:
         post["gen_loc_unchanged"] = generation_unchanged(pre["gen_loc"], post["gen_loc"])
     if "ppl" in post and "ppl" in pre:
         post["ppl_below_pre"] = post["ppl"] < pre["ppl"]
-    return post
+    return compare_probes(post, pre)
 
 
 def _pct(value: float | None) -> float | None:
@@ -201,4 +204,5 @@ def summarize(measurements: Sequence[Measurement], kind: str) -> dict[str, float
     metrics["gen_reliability"] = mean(col("gen_rewrite_success"))
     metrics["gen_generality"] = mean(col("gen_rephrase_success"))
     metrics["gen_locality"] = mean(col("gen_loc_unchanged"))
+    metrics.update(summarize_probes(measurements))
     return {k: float(v) for k, v in metrics.items() if v is not None}

@@ -7,6 +7,7 @@ the arithmetic separate lets the unit tests check each metric on hand-made input
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
@@ -18,7 +19,11 @@ from editmem.textnorm import contains_answer, normalize_answer
 
 __all__ = [
     "TeacherForced",
+    "answer_entropy",
+    "answer_words",
     "contains_answer",
+    "is_degenerate",
+    "repeated_run",
     "generation_unchanged",
     "harmonic_mean",
     "mean",
@@ -164,3 +169,54 @@ def fluency_score(text: str) -> float:
     """MEMIT n-gram entropy of one text: ``mean(2/3·H2, 4/3·H3)`` over NLTK word tokens (not yet ×100)."""
     words = _word_tokenize(text)
     return (2 / 3 * ngram_entropy(words, 2) + 4 / 3 * ngram_entropy(words, 3)) / 2
+
+
+_WORD = re.compile(r"\w+(?:['’]\w+)*", re.UNICODE)
+
+#: n -> how many back-to-back repeats of one n-gram mark a degenerate answer: "Sato, Sato, Sato" (1-gram x3),
+#: "I am I am I am" (2-gram x3), "the CEO of the CEO of" (3-gram x2). Bigrams need 3 so "New York, New York" passes.
+DEGENERATE_RUNS: dict[int, int] = {1: 3, 2: 3, 3: 2, 4: 2}
+
+
+def answer_words(text: str) -> list[str]:
+    """Lower-cased word tokens of a generated answer (punctuation dropped; no NLTK, so it runs everywhere)."""
+    return [w.casefold() for w in _WORD.findall(unicodedata.normalize("NFKC", text))]
+
+
+def repeated_run(words: Sequence[str], n: int) -> int:
+    """Longest run of the same ``n``-gram repeated back to back in ``words`` (1 when nothing repeats).
+
+    ``["sato", "sato", "sato"]`` has a unigram run of 3; ``"a b a b a b"`` a bigram run of 3.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    best = 1 if len(words) >= n else 0
+    for start in range(len(words) - n + 1):
+        gram, run, pos = tuple(words[start : start + n]), 1, start + n
+        while tuple(words[pos : pos + n]) == gram:
+            run, pos = run + 1, pos + n
+        best = max(best, run)
+    return best
+
+
+def is_degenerate(text: str) -> bool:
+    """Whether a greedy answer loops: one n-gram repeated back to back (thresholds in :data:`DEGENERATE_RUNS`).
+
+    Small edited models fail this way ("Sato, Sato, Sato", "the CEO of the CEO of"); ordinary sentences, which
+    repeat function words only at a distance, do not trip it. An empty answer is not degenerate (it is scored by
+    the other metrics).
+    """
+    words = answer_words(text)
+    return any(repeated_run(words, n) >= runs for n, runs in DEGENERATE_RUNS.items())
+
+
+def answer_entropy(text: str) -> float | None:
+    """MEMIT's n-gram entropy ``mean(2/3·H2, 4/3·H3)`` (bits) of one answer's word tokens; None under 3 words.
+
+    The same formula as :func:`fluency_score` on a regex tokenisation, so it needs no NLTK and applies to the
+    short greedy answers of every dataset. Low values mean repetitive text; compare pre- and post-edit values.
+    """
+    words = answer_words(text)
+    if len(words) < 3:
+        return None
+    return max(0.0, (2 / 3 * ngram_entropy(words, 2) + 4 / 3 * ngram_entropy(words, 3)) / 2)

@@ -15,6 +15,7 @@ FAMILY_TITLES = {
     "easyedit": "EasyEdit family (WISE/LLP tables; fractions in [0, 1])",
     "memit": "MEMIT family (LyapLock/AlphaEdit tables; percentages)",
     "generation": "Generation metrics (greedy answers as a user sees them; fractions)",
+    "user": "What users see: same-subject questions, aliases, degeneration (fractions; entropy in bits)",
 }
 
 
@@ -35,6 +36,31 @@ def _fmt(value: float | None, key: str = "") -> str:
     if abs(value) >= 100 or key.startswith(("cf_", "fluency", "consistency")) or "ppl" in key or key == "reliability" and value > 1:
         return f"{value:.2f}"
     return f"{value:.4f}"
+
+
+#: issue #18's bars for the default strategy (greedy answers): metric -> (comparison, bar, label)
+USER_BARS: dict[str, tuple[str, float, str]] = {
+    "gen_reliability": (">=", 0.90, "edit prompt: target contained"),
+    "gen_alias_generality": (">=", 0.80, "alias paraphrase: target contained"),
+    "gen_same_subject_unchanged": (">=", 0.95, "same-subject probes unchanged"),
+    "gen_locality": (">=", 0.98, "unrelated probe unchanged"),
+    "degenerate_edit": ("<=", 0.02, "degenerate answers (edit prompts, paraphrases)"),
+    "degenerate_probes": ("<=", 0.02, "degenerate answers (probes)"),
+}
+
+
+def bars_section(metrics: dict[str, float]) -> list[str]:
+    """Markdown table of the post-edit values against :data:`USER_BARS` (rows for the metrics present)."""
+    rows = [(k, v) for k, v in USER_BARS.items() if k in metrics]
+    if not rows:
+        return []
+    lines = ["## Against the bars of issue #18 (greedy answers)", "", "| what | value | bar | met |",
+             "| --- | ---: | ---: | :---: |"]
+    for key, (op, bar, label) in rows:
+        value = metrics[key]
+        met = value >= bar if op == ">=" else value <= bar
+        lines.append(f"| {label} (`{key}`) | {value:.3f} | {op} {bar:.2f} | {'yes' if met else 'no'} |")
+    return lines + [""]
 
 
 #: at most this many telemetry rows in ``report.md`` (evenly spaced, the last always shown); all are in results.json
@@ -92,6 +118,7 @@ def render_report(result: EvalResult) -> str:
             lines.append(f"| {key} | {_fmt(result.pre_metrics.get(key), key)} | {_fmt(result.metrics.get(key), key)} "
                          f"| {describe(key, result.kind)} |")
         lines.append("")
+    lines += bars_section(result.metrics)
     if len(result.curve) > 2:
         keys = metric_order(list(result.curve[-1].metrics))
         lines += ["## Curve (records edited so far, scored on the model at that point)", "",
@@ -116,6 +143,13 @@ def render_report(result: EvalResult) -> str:
                   f"p95 {1000 * t['edit_latency_per_fact_p95_s']:.1f} ms ({t.get('torch_threads')} torch threads).", ""]
     c = result.counters
     lines += [f"Counters: {', '.join(f'{k}={v}' for k, v in c.items())}.", ""]
+    if result.probes:
+        p = result.probes
+        lines += [f"Probes: {p.get('same_subject_probes', 0)} same-subject probes and {p.get('alias_paraphrases', 0)} "
+                  f"alias paraphrases ({p.get('records_with_alias', 0)} records have one); sources "
+                  f"{p.get('source')}; subject kinds {p.get('subject_kinds')}; "
+                  f"{p.get('probes_without_verbatim_subject', 0)} paraphrases/probes do not name the subject "
+                  "verbatim.", ""]
     if result.notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in result.notes] + [""]
     return "\n".join(lines)

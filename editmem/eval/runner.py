@@ -42,11 +42,12 @@ from editmem.eval.measure import (
     summarize,
 )
 from editmem.eval.scoring import Scorer
+from editmem.eval.user_probes import USER_METRIC_INFO, generate_probes, teacher_force_probes
 
 Mode = Literal["final", "immediate", "single"]
 NO_STRATEGY = "none"
 #: bump when a measurement definition changes: invalidates cached pre-edit measurements
-MEASURE_VERSION = 1
+MEASURE_VERSION = 2
 
 
 class RecordOutcome(BaseModel):
@@ -59,6 +60,8 @@ class RecordOutcome(BaseModel):
     target: str
     pre: dict[str, Any] = Field(default_factory=dict)
     post: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    """Why the strategy rejected this record's edit (the record stays in the metrics, unedited); None if applied."""
 
 
 class CurvePoint(BaseModel):
@@ -95,6 +98,8 @@ class EvalResult(BaseModel):
     curve: list[CurvePoint] = Field(default_factory=list)
     timings: dict[str, Any] = Field(default_factory=dict)
     counters: dict[str, int] = Field(default_factory=dict)
+    probes: dict[str, Any] = Field(default_factory=dict)
+    """How many same-subject probes and alias paraphrases were asked, and where they came from."""
     strategy_telemetry: list[dict[str, Any]] = Field(default_factory=list)
     """The strategy's per-write diagnostics (``Strategy.telemetry_rows``), e.g. LyapLock's preservation loss
     against its threshold; empty for strategies that keep none."""
@@ -245,6 +250,17 @@ def run_eval(
         def measure(i: int, *, gen: bool = generation, flu: bool = fluency) -> Measurement:
             return measure_record(scorer, records[i], generation=gen, fluency=flu, seed=seed, index=i)
 
+        def probe_pass(idx: Sequence[int], pre_ms: Sequence[Measurement] | None, rows: int) -> list[Measurement]:
+            """Same-subject and alias probes of records ``idx``: greedy answers (when generation is on), then
+            teacher-forced passes over the pre-edit answers (``pre_ms``; the fresh ones on the pre-edit model)."""
+            idx = list(idx)
+            gens = (generate_probes(scorer, [records[i] for i in idx], rows=rows) if generation
+                    else [{} for _ in idx])
+            for i, g in zip(idx, gens):
+                answers = (g if pre_ms is None else pre_ms[i]).get("gen_same", [])
+                g.update(teacher_force_probes(scorer, records[i], answers))
+            return gens
+
         # ---- pre-edit: every record on f0, before the first edit ----------------------------------
         t0 = time.perf_counter()
         pre, cached = _load_pre_cache(pre_cache, loaded.fingerprint, file_sha256(path), settings)
@@ -264,6 +280,9 @@ def run_eval(
                     say("  pre fluency samples")
                     for m, f in zip(pre, measure_fluency(scorer, records, seed=seed * 1000, rows=sample_rows)):
                         m.update(f)
+                say("  pre same-subject and alias probes")
+                for m, g in zip(pre, probe_pass(range(n), None, gen_rows)):
+                    m.update(g)
             _save_pre_cache(pre_cache, loaded.fingerprint, file_sha256(path), settings, pre)
         pre = [compare_to_pre(m, m) for m in pre]
         pre_s = time.perf_counter() - t0
@@ -272,6 +291,7 @@ def run_eval(
         edit_latencies: list[float] = []
         edit_sizes: list[int] = []
         counters = {"added": 0, "duplicates": 0, "superseded": 0}
+        rejected: dict[int, str] = {}
         post: list[Measurement | None] = [None] * n
         curve = [_curve_point(0, pre, kind)]
         checkpoint_s = 0.0
@@ -284,17 +304,22 @@ def run_eval(
             for lo in range(0, n, batch_size):
                 batch = list(range(lo, min(lo + batch_size, n)))
                 t0 = time.perf_counter()
-                report = llm.edit([records[i].fact for i in batch], actor="eval", batch_size=batch_size)
+                report = _edit_or_reject(llm, records, batch, batch_size, rejected)
                 edit_latencies.append(time.perf_counter() - t0)
                 edit_sizes.append(len(batch))
-                counters["added"] += len(report.added)
-                counters["duplicates"] += len(report.duplicates)
-                counters["superseded"] += len(report.superseded)
+                if report is not None:
+                    counters["added"] += len(report.added)
+                    counters["duplicates"] += len(report.duplicates)
+                    counters["superseded"] += len(report.superseded)
+                else:
+                    say(f"  rejected by {strategy}: records {[i for i in batch if i in rejected]}")
                 done = batch[-1] + 1
                 if mode != "final":
                     for i in batch:
-                        post[i] = compare_to_pre(measure(i), pre[i])
-                    if mode == "single" and report.added:
+                        m = measure(i)
+                        m.update(probe_pass([i], pre, 1)[0])
+                        post[i] = compare_to_pre(m, pre[i])
+                    if mode == "single" and report is not None and report.added:
                         llm.forget(report.added, actor="eval", reason="single-edit protocol: restore")
                 for c in checkpoints:
                     if lo < c <= done and mode == "final":
@@ -319,6 +344,10 @@ def run_eval(
             say(f"  post generations ({gen_rows} per batch)")
             for i, g in zip(todo, measure_generation(scorer, [records[i] for i in todo], rows=gen_rows)):
                 post[i].update(g)
+        if todo:
+            say("  post same-subject and alias probes")
+            for i, g in zip(todo, probe_pass(todo, pre, gen_rows)):
+                post[i].update(g)
         for i in todo:
             post[i] = compare_to_pre(post[i], pre[i])
         if fluency and todo:
@@ -337,6 +366,15 @@ def run_eval(
         if strategy == NO_STRATEGY:
             curve = curve[:1]
         strategy_config = {} if strategy == NO_STRATEGY else llm.strategy.config.to_dict()
+        counters["rejected"] = len(rejected)
+        counters["gen_batch_fallbacks"] = scorer.batch_fallbacks
+        if scorer.batch_fallbacks:
+            notes.append(f"{scorer.batch_fallbacks} batched generate calls raised and were answered one prompt at a "
+                         "time (exact, slower); the strategy is not safe on padded batches")
+        if rejected:
+            first = min(rejected)
+            notes.append(f"{len(rejected)} of {n} edits were rejected by the strategy and stay in the metrics as "
+                         f"unedited records (per_record[].error); first: record {first}: {rejected[first][:200]}")
         counters["tokenization_mismatches"] = sum(m.get("tokenization_mismatches", 0) for m in post)
         counters["gen_loc_changed_without_fact_stated"] = sum(
             1 for m in post if m.get("gen_loc_fired") is False and m.get("gen_loc_unchanged") is False)
@@ -365,11 +403,11 @@ def run_eval(
             generation={"enabled": generation, "chat": llm.chat, "max_new_tokens": max_new_tokens,
                         "decoding": "greedy", "batch": gen_rows},
             metrics=final_metrics, pre_metrics=summarize(pre, kind), curve=curve, timings=timings,
-            counters=counters, versions=_versions(), notes=notes,
+            counters=counters, versions=_versions(), notes=notes, probes=_probe_counts(records),
             strategy_telemetry=[] if strategy == NO_STRATEGY else llm.strategy.telemetry_rows(),
             per_record=[
                 RecordOutcome(index=i, case_id=r.case_id, fact_id=r.fact.id, prompt=r.fact.prompt,
-                              target=r.fact.target, pre=pre[i], post=post[i])
+                              target=r.fact.target, pre=pre[i], post=post[i], error=rejected.get(i))
                 for i, r in enumerate(records)
             ],
         )
@@ -384,8 +422,46 @@ def run_eval(
     return result
 
 
+def _probe_counts(records: Sequence[EvalRecord]) -> dict[str, Any]:
+    """Probe totals for the report: same-subject probes and alias paraphrases, by source, and subject kinds."""
+    kinds: dict[str, int] = {}
+    sources: dict[str, int] = {}
+    for r in records:
+        kinds[r.subject_kind or "unknown"] = kinds.get(r.subject_kind or "unknown", 0) + 1
+        sources[r.probe_source] = sources.get(r.probe_source, 0) + 1
+    return {
+        "same_subject_probes": sum(len(r.same_subject_probes) for r in records),
+        "alias_paraphrases": sum(len(r.alias_rephrases) for r in records),
+        "records_with_alias": sum(1 for r in records if r.alias_rephrases),
+        "source": sources,
+        "subject_kinds": kinds,
+        "probes_without_verbatim_subject": sum(
+            1 for r in records for p in [r.rephrase or "", *r.alias_rephrases, *r.same_subject_probes]
+            if p and r.fact.subject not in p),
+    }
+
+
+def _edit_or_reject(llm: Any, records: Sequence[EvalRecord], batch: Sequence[int], batch_size: int,
+                    rejected: dict[int, str]) -> Any:
+    """``llm.edit`` of one batch; a strategy error rejects the batch's unapplied records instead of ending the run.
+
+    A strategy may refuse a fact it cannot represent (llp, a prompt where it cannot locate the subject). From a
+    user's view that is a failed edit, so the record is kept, unedited, in every metric and its error recorded in
+    ``rejected`` (index -> message). Facts the strategy applied before it raised are not rejected.
+    """
+    try:
+        return llm.edit([records[i].fact for i in batch], actor="eval", batch_size=batch_size)
+    except Exception as exc:  # noqa: BLE001 - any strategy error: record it and go on with the next batch
+        applied = llm.strategy.applied_ids()
+        for i in batch:
+            if records[i].fact.id not in applied:
+                rejected[i] = f"{type(exc).__name__}: {exc}"
+        return None
+
+
 def _curve_point(n_edits: int, measurements: Sequence[Measurement], kind: str, n_records: int | None = None) -> CurvePoint:
-    keep = {k: v for k, v in summarize(measurements, kind).items() if not k.startswith(("gen_", "fluency", "consistency"))}
+    keep = {k: v for k, v in summarize(measurements, kind).items()
+            if not k.startswith(("gen_", "fluency", "consistency")) and k not in USER_METRIC_INFO}
     return CurvePoint(n_edits=n_edits, n_records=n_records or len(measurements), metrics=keep)
 
 

@@ -29,6 +29,8 @@ class Scorer:
         self.chat_teacher_forced = chat_teacher_forced
         self.max_new_tokens = max_new_tokens
         self.mismatches = 0
+        self.batch_fallbacks = 0
+        """Batched generation calls that raised and were answered one prompt at a time instead."""
 
     def prepared(self, prompt: str, *, chat: bool = False) -> str:
         text, _ = self.llm.prepare_prompt(prompt, chat=chat)
@@ -53,6 +55,33 @@ class Scorer:
             logits = self.llm.model(input_ids=input_ids).logits[0]
         return score_logits(logits, ids, encoded.start, mismatch=encoded.mismatch)
 
+    @torch.no_grad()
+    def answer_pass(self, prompt: str, answer: str) -> TeacherForced | None:
+        """One forward over ``prompt`` as a user asks it (chat template on chat models, like :meth:`answer`)
+        followed by ``answer``'s tokens; None for an empty answer.
+
+        Fed a pre-edit greedy answer, the argmax at each answer position is what the model would generate next,
+        so comparing these predictions before and after editing (``token_agreement``) is a teacher-forced
+        version of "the answer did not change" that is less brittle than exact string equality.
+        """
+        if not answer.strip():
+            return None
+        tok = self.llm.tokenizer
+        text = self.prepared(prompt, chat=self.llm.chat)
+        if self.llm.chat:
+            head = list(tok(text, add_special_tokens=False)["input_ids"])
+            ids, start = head + list(tok(answer, add_special_tokens=False)["input_ids"]), len(head)
+        else:
+            encoded = encode_prompt_target(tok, text, answer)
+            ids, start = list(encoded.input_ids), encoded.start
+        ids = ids[:MAX_TOKENS]
+        if start >= len(ids):
+            return None
+        self.llm.strategy.begin_forward()
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.llm.loaded.device)
+        logits = self.llm.model(input_ids=input_ids).logits[0]
+        return score_logits(logits, ids, start)
+
     def answer(self, prompt: str) -> str:
         """Greedy answer as a user sees it (chat template on chat models)."""
         return self.llm.generate(prompt, max_new_tokens=self.max_new_tokens).text
@@ -62,7 +91,15 @@ class Scorer:
 
         ``fired`` is None when the strategy reports no trace (hook/weight strategies without one).
         """
-        outs = self.llm.generate(list(prompts), max_new_tokens=self.max_new_tokens)
+        try:
+            outs = self.llm.generate(list(prompts), max_new_tokens=self.max_new_tokens)
+        except RuntimeError:
+            if len(prompts) == 1:
+                raise
+            # A strategy that claims batch safety but fails on a padded batch (seen with llp, 2026-12) must not
+            # end the run: answer the chunk one prompt at a time (exact) and count it for the report.
+            self.batch_fallbacks += 1
+            outs = [self.llm.generate(p, max_new_tokens=self.max_new_tokens) for p in prompts]
         return [(o.text, None if o.trace is None else o.trace.fired) for o in outs]
 
     @torch.no_grad()
