@@ -213,10 +213,26 @@ class EditableLLM:
             report.added.append(result.stored.id)
             new.append(result.stored)
         if new:
-            self._apply_in_batches(new, batch_size)
+            try:
+                self._apply_in_batches(new, batch_size)
+            except Exception as exc:
+                self._reject_unapplied(new, actor=actor, error=exc)
+                raise
         if new or report.superseded:
             self.strategy.save()
+        self._synced_seq = self.memory.seq
         return report
+
+    def _reject_unapplied(self, new: Sequence[StoredFact], *, actor: str, error: Exception) -> None:
+        """A strategy refused some new facts (e.g. llp cannot locate a subject): retract the ones it did not apply,
+        so the memory (the source of truth) never holds an active fact the model does not carry, and no later sync
+        retries it. Superseded old versions stay superseded (their records and history are kept)."""
+        applied = self.strategy.applied_ids()
+        for stored in new:
+            if stored.id not in applied:
+                self.memory.retract(stored.id, actor=actor, reason=f"rejected by strategy {self.strategy.name!r}: {error}")
+        self._synced_seq = self.memory.seq
+        self.strategy.save()
 
     def _active_except(self, ids: Sequence[str]) -> list[StoredFact]:
         skip = set(ids)

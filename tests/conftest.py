@@ -109,6 +109,16 @@ def pytest_runtest_makereport(item, call):
     """
     outcome = yield
     report = outcome.get_result()
+    if report.skipped and _capability_skip(report):
+        return  # a LangChain standard test of a capability the model declares it lacks (named in docs/langchain.md)
     if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI (CI is set, nothing may skip): {report.longrepr}"
+
+
+def _capability_skip(report) -> bool:
+    """True for skips raised inside ``langchain_tests`` itself: its suites skip the tests of capabilities a model
+    declares off (images, audio, PDF, model override, ...). Any other skip still fails in CI."""
+    longrepr = report.longrepr
+    path = longrepr[0] if isinstance(longrepr, tuple) and longrepr else ""
+    return "langchain_tests" in str(path)

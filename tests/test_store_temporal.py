@@ -93,7 +93,7 @@ def test_a_second_model_follows_edits_by_ledger_sequence(tmp_path, tiny_loaded):
 
 
 def test_as_of_on_a_strategy_without_temporal_support_is_refused(tmp_path, tiny_loaded):
-    llm = EditableLLM.open(tmp_path / "store", model=tiny_loaded, strategy="llp")
-    with pytest.raises(ValueError, match="does not support as_of"):
+    llm = EditableLLM.open(tmp_path / "store", model=tiny_loaded, strategy="memit")  # parametric: edits in the weights
+    with pytest.raises(ValueError, match="cannot be scoped by time"):
         llm.generate("Who is the CEO of Intel?", max_new_tokens=1, as_of=utc(2020, 1, 1))
     assert llm.generate("Who is the CEO of Intel?", max_new_tokens=1).text is not None  # no as_of: unchanged
