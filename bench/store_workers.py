@@ -102,7 +102,11 @@ def read(store: str, n: int, seconds: float, search: bool = True) -> None:
     end = time.monotonic() + seconds
     stop = Path(f"{store}.stop")
     i = 0
-    while time.monotonic() < end and not stop.exists():
+    emit(ready=True)  # the parent starts its writers after this line: every write then happens under observation
+    final = None  # once STORE.stop exists: two more passes over every slot (writes may end between two visits)
+    while time.monotonic() < end and (final is None or i < final):
+        if final is None and stop.exists():
+            final = i + 2 * n
         try:
             memory.sync()
             slot = slots[i % n]

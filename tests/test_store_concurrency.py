@@ -52,6 +52,7 @@ def test_two_imports_and_a_reader_at_once_on_a_new_store(tmp_path):
     """Two writers cover the same 30 questions with different answers while a reader watches."""
     path = str(tmp_path / "store")
     reader = _worker("read", path, "30", "300", "--no-search")
+    assert json.loads(reader.stdout.readline())["ready"]  # the reader is in its loop before the writers start
     writers = [_worker("write", path, "30", tag, "--synthetic") for tag in ("a", "b")]  # synthetic embeddings: fast start
     results = [_last_json(w) for w in writers]
     Path(f"{path}.stop").touch()
