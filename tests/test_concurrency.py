@@ -17,14 +17,19 @@ from tests.test_llp import FACT_A, FACT_B, TINY, UNRELATED, _tiny_llama
 PROMPTS = [FACT_A.prompt, UNRELATED, FACT_B.prompt, "Hello there, how"]  # mixed lengths, two of them edited
 
 
-@pytest.fixture()
-def llp_store(tmp_path, tokenizer):
+def open_tiny_llp(path, tokenizer) -> EditableLLM:
+    """An llp store on a tiny random 4-layer Llama (the llp unit tests' model and config)."""
     import torch
 
     model = _tiny_llama(tokenizer)
     loaded = LoadedModel(model=model, tokenizer=tokenizer, name="tiny-llama-4", fingerprint=model_fingerprint(model),
                          device=torch.device("cpu"))
-    llm = EditableLLM.open(tmp_path / "kb", model=loaded, strategy="llp", chat=False, **TINY)
+    return EditableLLM.open(path, model=loaded, strategy="llp", chat=False, **TINY)
+
+
+@pytest.fixture()
+def llp_store(tmp_path, tokenizer):
+    llm = open_tiny_llp(tmp_path / "kb", tokenizer)
     llm.edit([FACT_A.model_dump(include={"subject", "prompt", "target"}),
               FACT_B.model_dump(include={"subject", "prompt", "target"})])
     yield llm

@@ -5,19 +5,14 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-import torch
 
-from editmem import EditableLLM
-from editmem.models import LoadedModel, model_fingerprint
-from tests.test_llp import FACT_A, FACT_B, TINY, _tiny_llama
+from tests.test_concurrency import open_tiny_llp
+from tests.test_llp import FACT_A, FACT_B
 
 
 @pytest.fixture()
 def llm(tmp_path, tokenizer):
-    model = _tiny_llama(tokenizer)
-    loaded = LoadedModel(model=model, tokenizer=tokenizer, name="tiny-llama-4", fingerprint=model_fingerprint(model),
-                         device=torch.device("cpu"))
-    llm = EditableLLM.open(tmp_path / "kb", model=loaded, strategy="llp", chat=False, **TINY)
+    llm = open_tiny_llp(tmp_path / "kb", tokenizer)
     yield llm
     llm.close()
 
