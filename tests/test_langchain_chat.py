@@ -142,3 +142,22 @@ def _timeless(trace: dict | None) -> dict | None:
     if trace is None:
         return None
     return {**trace, "details": {k: v for k, v in trace.get("details", {}).items() if k != "as_of"}}
+
+
+def test_json_mode_replies_with_one_json_object_and_a_cut_off_reply_fails_to_parse(llm):
+    import json
+
+    from langchain_core.exceptions import OutputParserException
+
+    chat = EditMemChatModel(llm=llm, max_tokens=32, max_string_length=8)  # the cap is for schemas, not JSON mode
+    out = chat.with_structured_output(None, method="json_mode", include_raw=True).invoke(
+        "What is the capital of France? Return JSON with a 'capital' key.")
+    assert out["parsing_error"] is None and out["raw"].response_metadata["finish_reason"] == "stop"
+    assert out["parsed"] == json.loads(out["raw"].content) and set(out["parsed"]) == {"capital"}
+
+    short = EditMemChatModel(llm=llm, max_tokens=6).with_structured_output(None, method="json_mode")
+    story = "Write a long story as JSON."
+    with pytest.raises(OutputParserException, match="not one complete JSON value .finish_reason='length'"):
+        short.invoke(story)  # not closed by LangChain's partial-JSON repair
+    partial = list(short.stream(story))
+    assert partial and all(isinstance(p, dict) for p in partial)  # a stream still yields what parsed so far

@@ -8,10 +8,14 @@ Configuration, and why:
   (strings capped so a repeating 135M model closes them); keeps the suite fast.
 * The ``context`` strategy (no training) with one stored fact, so every answer goes through a real edit memory.
 
-Skips are capabilities the model lacks, each named by the suite: image, audio, PDF and video inputs (a text-only
-model; such parts raise ``UnsupportedContentError``), Anthropic-format inputs, model override (one
-``EditableLLM`` serves one model; another name raises), VCR HTTP recordings (there is no HTTP), serialisation (the
-model wraps a live ``EditableLLM``) and init-from-environment (no API key to read).
+Declared on: tool calling with ``tool_choice``, structured output, JSON mode (``with_structured_output(...,
+method="json_mode")``: llguidance-constrained to any JSON object, parsed with the schema) and Anthropic-format
+inputs (``tool_use`` parts, ``cache_control`` keys, earlier ``thinking`` parts).
+
+Skips are capabilities the model lacks, each named by the suite: image, audio and PDF inputs and tool messages (a
+text-only model; such parts raise ``UnsupportedContentError``), model override (one ``EditableLLM`` serves one
+model; another name raises), VCR HTTP recordings (there is no HTTP), serialisation (the model wraps a live
+``EditableLLM``) and init-from-environment (no API key to read). docs/langchain.md lists them.
 """
 
 from __future__ import annotations
@@ -67,6 +71,14 @@ class _Params:
     @property
     def supports_model_override(self) -> bool:
         return False
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
+    def supports_anthropic_inputs(self) -> bool:
+        return True
 
 
 class TestEditMemChatModelUnit(_Params, ChatModelUnitTests):

@@ -18,6 +18,7 @@ from editmem.integrations.langchain import (
     to_chat_messages,
 )
 from editmem.integrations.langchain.constrained import GrammarLogitsProcessor, cap_strings, tool_call_grammar
+from editmem.integrations.langchain.structured import CompleteJsonOutputParser, CompletePydanticOutputParser
 from editmem.integrations.langchain.tool_format import ToolBinding, to_spec
 
 ADD = to_spec({"name": "add", "description": "Add a and b.", "parameters": {
@@ -70,11 +71,37 @@ def test_image_parts_raise_instead_of_vanishing():
         to_chat_messages([message])
 
 
+def test_earlier_reasoning_is_not_rendered_but_reasoning_outside_an_ai_message_raises():
+    thought = {"type": "thinking", "thinking": "a greeting: answer warmly", "signature": "sig"}
+    said = AIMessage(content=[thought, {"type": "text", "text": "Hello!", "cache_control": {"type": "ephemeral"}}])
+    assert to_chat_messages([HumanMessage("hi"), said])[1] == {"role": "assistant", "content": "Hello!"}
+    with pytest.raises(UnsupportedContentError, match="unsupported content part 'thinking'"):
+        to_chat_messages([HumanMessage(content=[thought])])
+
+
 def test_cap_strings_leaves_constrained_strings_alone():
     schema = {"type": "object", "properties": {"s": {"type": "string"}, "e": {"type": "string", "enum": ["a"]},
                                                "title": {"type": "string", "maxLength": 3}}}
     capped = cap_strings(schema, 10)["properties"]
     assert capped["s"]["maxLength"] == 10 and "maxLength" not in capped["e"] and capped["title"]["maxLength"] == 3
+
+
+def test_structured_parsers_refuse_a_cut_off_reply_but_stream_its_prefix():
+    from langchain_core.exceptions import OutputParserException
+    from langchain_core.outputs import ChatGeneration
+    from pydantic import BaseModel
+
+    class Pair(BaseModel):
+        a: str
+        b: str = ""
+
+    cut = [ChatGeneration(message=AIMessage('{"a": "x", "b": "lon', response_metadata={"finish_reason": "length"}))]
+    for parser in (CompleteJsonOutputParser(), CompletePydanticOutputParser(pydantic_object=Pair)):
+        with pytest.raises(OutputParserException, match="finish_reason='length'"):
+            parser.parse_result(cut)
+    assert CompleteJsonOutputParser().parse_result(cut, partial=True) == {"a": "x", "b": "lon"}
+    whole = [ChatGeneration(message=AIMessage('{"a": "x", "b": "long"}'))]
+    assert CompletePydanticOutputParser(pydantic_object=Pair).parse_result(whole) == Pair(a="x", b="long")
 
 
 def test_grammar_processor_only_allows_a_well_formed_call(tokenizer):

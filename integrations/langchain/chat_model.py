@@ -84,7 +84,8 @@ class EditMemChatModel(BaseChatModel):
     """Cosine similarity a tool needs to the user turn for the router to offer it."""
     max_string_length: int | None = Field(default=None, ge=1)
     """Cap (characters) on free JSON strings in tool arguments and structured output (None: no cap). A small
-    model can repeat itself inside a string until ``max_tokens`` runs out; a cap ends the string instead."""
+    model can repeat itself inside a string until ``max_tokens`` runs out; a cap ends the string instead. Not
+    applied in JSON mode (no schema: see :func:`.constrained.json_grammar`)."""
 
     @field_validator("llm")
     @classmethod

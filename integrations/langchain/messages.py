@@ -2,7 +2,10 @@
 
 Text parts are joined; tool calls on an ``AIMessage`` and ``ToolMessage`` results are rendered in the format of
 :mod:`.tool_format` (ids kept); parts a text-only model cannot read (images, audio, video, files) raise
-:class:`UnsupportedContentError` instead of vanishing.
+:class:`UnsupportedContentError` instead of vanishing. Provider keys on a part (Anthropic's ``cache_control``) are
+ignored. Reasoning parts of an earlier ``AIMessage`` (``thinking``, ``redacted_thinking``, ``reasoning``: another
+model's private reasoning, which this model never writes) are not rendered, as reasoning models' own chat templates
+and Anthropic's API drop earlier turns' reasoning; on any other message they raise.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"
 #: content parts that stand for a tool call already carried by ``AIMessage.tool_calls``
 _CALL_PARTS = {"tool_use", "tool_call", "function_call"}
 _MEDIA_PARTS = {"image", "image_url", "audio", "input_audio", "video", "file", "document"}
+#: an earlier assistant turn's reasoning: not shown to the model again
+_REASONING_PARTS = {"thinking", "redacted_thinking", "reasoning"}
 
 
 class UnsupportedContentError(ValueError):
@@ -36,6 +41,8 @@ def _text(message: BaseMessage, index: int) -> str:
             pieces.append(part.get("text", ""))
         elif kind in _CALL_PARTS and isinstance(message, AIMessage):
             continue  # rendered from message.tool_calls
+        elif kind in _REASONING_PARTS and isinstance(message, AIMessage):
+            continue
         elif kind in _MEDIA_PARTS:
             raise UnsupportedContentError(
                 f"message {index} ({message.type}) has a {kind!r} part: the model is text-only and cannot read it")
