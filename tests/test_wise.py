@@ -93,6 +93,8 @@ def test_registered_and_config_validation():
     default, paper = WISEConfig(), WISEConfig(preset="paper")
     assert default.act_margin == [10.0, 20.0, 10.0] and (default.save_freq, default.merge_freq, default.n_iter) == (100, 200, 40)
     assert paper.act_margin == [5.0, 20.0, 10.0] and (paper.save_freq, paper.merge_freq, paper.n_iter) == (500, 1000, 70)
+    assert (paper.act_ratio, paper.n_templates, paper.n_irrelevant) == (0.88, 11, 1)
+    assert (default.act_ratio, default.n_templates, default.n_irrelevant) == (0.8, 6, 8)
     assert WISEConfig.from_dict(default.to_dict()) == default
     for bad in ({"mode": "both"}, {"save_freq": 3, "merge_freq": 4}, {"act_margin": [1, 2]}, {"mask_ratio": 0},
                 {"n_templates": 12}, {"preset": "7b"}, {"decay_scope": "some"}):
@@ -215,7 +217,7 @@ def test_epsilon_tracks_the_minimum_and_never_increases(llama, tokenizer, pool, 
         s.apply([f])
         eps.append(s.telemetry[-1]["epsilon"])
         acts = [r.act for r in s.memory_state.facts.values()]
-        assert eps[-1] == pytest.approx(0.88 * min(acts))
+        assert eps[-1] == pytest.approx(s.config.act_ratio * min(acts))
     assert all(b <= a for a, b in itertools.pairwise(eps))
 
 
