@@ -67,7 +67,7 @@ def pool(tmp_path_factory) -> str:
 
 def make(model, tokenizer, pool, tmp_path, name="s", **overrides) -> WISEStrategy:
     cfg = {"save_freq": 2, "merge_freq": 4, "n_iter": 8, "n_templates": 3, "act_margin": [1.0, 3.0, 1.0], "irrelevant_pool": pool,
-               "n_irrelevant": 2}
+               "n_irrelevant": 2, "act_ratio": 0.88}
     cfg.update(overrides)
     return WISEStrategy(model, tokenizer, WISEConfig(**cfg), ArtifactStore(tmp_path / name), None)
 
