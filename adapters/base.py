@@ -180,6 +180,10 @@ class ModelAdapter:
             hidden = out[0] if isinstance(out, tuple) else out
         return hidden
 
+    def hidden_activation(self):
+        """The model's MLP activation function ``σ`` (e.g. SiLU for Llama, ``gelu_new`` for GPT-J), as a callable."""
+        return compat.hidden_activation(self.model)
+
     @property
     def attention_implementation(self) -> str:
         return compat.attention_implementation(self.model)

@@ -146,6 +146,15 @@ def layer_arguments(module: nn.Module, args: tuple, kwargs: Mapping[str, Any]) -
     return hidden, named
 
 
+def hidden_activation(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's own MLP activation function (``config.hidden_act``, GPT-2's ``activation_function``)."""
+    from transformers.activations import ACT2FN
+
+    config = getattr(model, "config", None)
+    name = getattr(config, "hidden_act", None) or getattr(config, "activation_function", None) or "gelu"
+    return ACT2FN[name]
+
+
 # -- attention ------------------------------------------------------------------------------------------------
 def attention_implementation(model: nn.Module) -> str:
     """The attention implementation the model runs (``"eager"``, ``"sdpa"``, ``"flash_attention_2"``, ...)."""

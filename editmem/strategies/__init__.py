@@ -12,6 +12,7 @@ from editmem.strategies.base import (
 from editmem.strategies.context import ContextConfig, ContextStrategy
 from editmem.strategies.llp import LLPConfig, LLPStrategy
 from editmem.strategies.lyaplock import LyapLockConfig, LyapLockStrategy  # noqa: F401  (registers lyaplock, memit, memit_seq, alphaedit)
+from editmem.strategies.wise import WISEConfig, WISEStrategy
 
 #: strategy of a new store when none is named (the SDK, the CLI, the LangChain integration): ``llp``, which meets
 #: its acceptance bars on the embedded model (docs/strategies/llp.md). ``context`` needs no training per edit and
@@ -28,6 +29,8 @@ __all__ = [
     "LLPStrategy",
     "Strategy",
     "StrategyConfig",
+    "WISEConfig",
+    "WISEStrategy",
     "available_strategies",
     "get_strategy",
     "register_strategy",
