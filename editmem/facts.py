@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from editmem.subjects import SpanMethod, acronym, locate_subject, similar_span
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -96,9 +98,14 @@ class Provenance(BaseModel):
 class Fact(BaseModel):
     """One fact edit.
 
-    ``prompt`` is a question or a cloze sentence that must contain ``subject`` verbatim (locate-then-edit and
-    layer-level-prompt strategies find the subject's last token in it); ``target`` is the new answer, without a
-    leading space.
+    ``prompt`` is a question or a cloze sentence that names ``subject`` (locate-then-edit and layer-level-prompt
+    strategies key on the subject's last token in it); ``target`` is the new answer, without a leading space.
+
+    The subject need not be verbatim: "Who is the ECB president?" names ``European Central Bank`` by its acronym.
+    Validation locates it (:func:`editmem.subjects.locate_subject`: case/accent-insensitive, ``aliases``, acronym,
+    partial name) and records the surface form in ``subject_in_prompt`` and the step that found it in
+    ``subject_match``; :func:`parse_fact` adds a last, embedding-based step. A subject that cannot be located is
+    rejected, naming the field.
     """
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
@@ -111,6 +118,12 @@ class Fact(BaseModel):
     locality_prompts: list[str] = Field(default_factory=list, max_length=MAX_LIST_ITEMS)
     """Unrelated prompts whose answers must not change."""
     relation: str | None = Field(default=None, max_length=MAX_SUBJECT_CHARS)
+    aliases: list[str] = Field(default_factory=list, max_length=MAX_LIST_ITEMS)
+    """Other names of the subject ("UK", "Britain"): used to locate it in prompts and by query gates."""
+    subject_in_prompt: str | None = Field(default=None, max_length=MAX_SUBJECT_CHARS)
+    """The subject as written in ``prompt`` when it is not verbatim (filled by validation; may be given)."""
+    subject_match: SpanMethod | None = None
+    """How ``subject_in_prompt`` was found (see :mod:`editmem.subjects`); None when the subject is verbatim."""
     valid_from: datetime | None = None
     """First instant the fact holds (UTC; a date means midnight UTC). Before it, retrieval-gated strategies skip it."""
     valid_to: datetime | None = None
@@ -148,8 +161,19 @@ class Fact(BaseModel):
 
     @model_validator(mode="after")
     def _subject_in_prompt(self) -> "Fact":
-        if self.subject not in self.prompt:
-            raise ValueError(f"subject {self.subject!r} must occur verbatim in prompt {self.prompt!r}")
+        if self.subject_in_prompt is not None:
+            if self.subject_in_prompt not in self.prompt:
+                raise ValueError(f"subject_in_prompt {self.subject_in_prompt!r} does not occur in prompt {self.prompt!r}")
+            if self.subject_in_prompt == self.subject:
+                self.subject_in_prompt, self.subject_match = None, None
+            elif self.subject_match is None:
+                self.subject_match = "given"
+        else:
+            span = locate_subject(self.prompt, self.subject, self.aliases)
+            if span is None:
+                raise ValueError(unlocated_message(self.subject, self.prompt, self.aliases))
+            if span.method != "exact":
+                self.subject_in_prompt, self.subject_match = span.text, span.method
         if self.valid_from and self.valid_to and self.valid_to < self.valid_from:
             raise ValueError("valid_to is before valid_from")
         return self
@@ -158,6 +182,11 @@ class Fact(BaseModel):
         """True when ``when`` lies in ``[valid_from, valid_to)`` (open ends are unbounded)."""
         when = to_utc(when)
         return (self.valid_from is None or self.valid_from <= when) and (self.valid_to is None or when < self.valid_to)
+
+    @property
+    def surface(self) -> str:
+        """The subject as written in ``prompt`` (what a subject-keyed strategy keys on)."""
+        return self.subject_in_prompt or self.subject
 
     @property
     def id(self) -> str:
@@ -170,11 +199,33 @@ class Fact(BaseModel):
     def content_hash(self) -> str:
         """Hash of the whole record (provenance excluded), for feeds that re-send a fact with new details."""
         body = self.model_dump(mode="json", exclude={"provenance"})
+        for name in _LATER_FIELDS:  # fields added later hash as before while they keep their default
+            if not body.get(name):
+                body.pop(name, None)
         return hashlib.sha256(repr(sorted(body.items())).encode()).hexdigest()[:24]
 
     def document(self) -> str:
         """Text embedded for semantic search."""
         return f"{self.prompt} {self.target}"
+
+
+#: fields added after facts were first stored: left out of :meth:`Fact.content_hash` while empty
+_LATER_FIELDS = ("aliases", "subject_in_prompt", "subject_match")
+
+
+UNLOCATED = "is not named in prompt"
+
+
+def unlocated_message(subject: str, prompt: str, aliases: list[str] | tuple[str, ...] = ()) -> str:
+    """The error for a subject that no step of :mod:`editmem.subjects` finds in the prompt."""
+    tried = ["verbatim", "case-insensitive"]
+    if aliases:
+        tried.append(f"aliases {list(aliases)}")
+    if acronym(subject):
+        tried.append(f"acronym {acronym(subject)!r}")
+    tried += ["partial name", "similar named span"]
+    return (f"subject {subject!r} {UNLOCATED} {prompt!r} (tried {', '.join(tried)}); name it in the "
+            "prompt, or give `aliases` or `subject_in_prompt`")
 
 
 class StoredFact(BaseModel):
@@ -234,10 +285,14 @@ class FactValidationError(ValueError):
         super().__init__(f"{record}: {parts}")
 
 
-def parse_fact(data: dict[str, Any] | Fact, *, record: str = "record", provenance: dict[str, Any] | None = None) -> Fact:
+def parse_fact(data: dict[str, Any] | Fact, *, record: str = "record", provenance: dict[str, Any] | None = None,
+               locate_similar: bool = True) -> Fact:
     """Validate ``data`` into a :class:`Fact`, raising :class:`FactValidationError` naming ``record`` and fields.
 
     ``provenance`` supplies defaults (for instance the feed name) that the record's own provenance overrides.
+    With ``locate_similar``, a subject that the textual steps do not find in the prompt is looked for as the
+    prompt's named span most similar to it (:func:`editmem.subjects.similar_span`, the local sentence encoder);
+    only when that fails too is the record rejected (field ``subject``).
     """
     if isinstance(data, Fact):
         return data
@@ -249,16 +304,37 @@ def parse_fact(data: dict[str, Any] | Fact, *, record: str = "record", provenanc
         raise FactValidationError(record, [("provenance", "must be an object", _short_value(own))])
     if provenance:
         payload["provenance"] = {**provenance, **own}
+    if locate_similar:
+        _locate_by_similarity(payload)
     try:
         return Fact.model_validate(payload)
     except ValidationError as exc:
         errors = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "<record>"
-            errors.append((field, err["msg"], _short_value(err.get("input"))))
+            value = err.get("input")
+            if field == "<record>" and UNLOCATED in err["msg"]:  # the subject-location check names its field
+                field, value = "subject", payload.get("subject")
+            errors.append((field, err["msg"], _short_value(value)))
         raise FactValidationError(record, errors) from None
     except (TypeError, ValueError, OverflowError) as exc:  # a validator tripping on an odd value: still name the record
         raise FactValidationError(record, [("<record>", f"{type(exc).__name__}: {exc}", None)]) from None
+
+
+def _locate_by_similarity(payload: dict[str, Any]) -> None:
+    """Fill ``subject_in_prompt`` from the most similar named span when the textual steps find nothing."""
+    subject, prompt, aliases = payload.get("subject"), payload.get("prompt"), payload.get("aliases") or []
+    if payload.get("subject_in_prompt") is not None or not isinstance(subject, str) or not isinstance(prompt, str):
+        return
+    if not subject.strip() or not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        return
+    if locate_subject(prompt, subject, aliases) is not None:
+        return
+    from editmem.memory.embedding import embed_texts  # the local encoder, loaded only for this step
+
+    span = similar_span(prompt, subject, lambda texts: embed_texts(texts))
+    if span is not None:
+        payload["subject_in_prompt"], payload["subject_match"] = span.text, span.method
 
 
 def _short_value(value: Any, limit: int = 80) -> Any:

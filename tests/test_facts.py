@@ -21,8 +21,8 @@ def test_validation_error_names_record_field_and_value():
     assert "feed.jsonl line 3" in msg and "'target'" in msg and "'   '" in msg
 
 
-def test_subject_must_occur_in_prompt():
-    with pytest.raises(FactValidationError, match="must occur verbatim"):
+def test_subject_must_be_named_in_prompt():
+    with pytest.raises(FactValidationError, match="field 'subject'.*is not named in prompt"):
         parse_fact({"subject": "AMD", "prompt": "Who is the CEO of Intel?", "target": "x"})
 
 

@@ -295,7 +295,7 @@ class LyapLockStrategy(Strategy):
 
     # -- write path --------------------------------------------------------------------------
     def _requests(self, facts: Sequence[StoredFact]) -> list[EditRequest]:
-        return [make_request(self.tokenizer, s.id, s.fact.prompt, s.fact.subject, s.fact.target) for s in facts]
+        return [make_request(self.tokenizer, s.id, s.fact.prompt, s.fact.surface, s.fact.target) for s in facts]
 
     def _run_batch(self, requests: list[EditRequest], z: torch.Tensor | None = None) -> None:
         editor = self.editor()

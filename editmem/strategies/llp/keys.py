@@ -24,9 +24,10 @@ class KeyTraining:
         prefixes = self._entry_prefixes(seed, "key")
         texts: list[tuple[str, str, int]] = []
         for fact in entry_facts:
+            surface = fact.surface or subject
             if self.cfg.key_bare_context:
-                texts.append((fact.prompt, subject, 0))
-            texts.extend((f"{p}{sep}{fact.prompt}", subject, len(p) + len(sep)) for p in prefixes)
+                texts.append((fact.prompt, surface, 0))
+            texts.extend((f"{p}{sep}{fact.prompt}", surface, len(p) + len(sep)) for p in prefixes)
         return texts
 
     def _partial_texts(self, subject: str, entry_facts: list[_FactRec], seed: int) -> list[tuple[str, str, int]]:
@@ -41,9 +42,10 @@ class KeyTraining:
             texts.extend((f"{p}{sep}{part}", part, len(p) + len(sep)) for p in prefixes)
             if self.cfg.key_bare_context:
                 for fact in entry_facts:
-                    at = fact.prompt.find(subject)
-                    if at >= 0:
-                        texts.append((fact.prompt[:at] + part + fact.prompt[at + len(subject):], part, at))
+                    surface = fact.surface or subject
+                    at = fact.prompt.find(surface)
+                    if at >= 0 and surface == subject:
+                        texts.append((fact.prompt[:at] + part + fact.prompt[at + len(surface):], part, at))
         return texts
 
     @torch.no_grad()

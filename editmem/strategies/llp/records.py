@@ -20,6 +20,10 @@ class _FactRec:
     #: the fact's validity window (ISO instants, None = open); an entry only holds facts of one window
     valid_from: str | None = None
     valid_to: str | None = None
+    #: the subject as written in ``prompt`` when it is not the entry's subject verbatim (see :attr:`Fact.surface`)
+    surface: str | None = None
+    #: the fact's declared aliases of the subject (the query gate masks them)
+    aliases: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def window(self) -> tuple[str | None, str | None]:
@@ -71,6 +75,10 @@ class _ForwardState:
     values: torch.Tensor | None = None  # [B, b, d] (zeros for miss rows)
     injecting_now: bool = False  # this forward prepends b positions (prefill); drop them after the last layer
     layer_kwargs: dict[str, Any] | None = None  # extended kwargs for layers >= z in this forward
+    input_ids: torch.Tensor | None = None  # [B, q] of the prefill (the query gate reads the user turn)
+    targets: list[list[list[int]]] = dataclasses.field(default_factory=list)  # per row: token ids of the winner's targets
+    generated: list[list[int]] = dataclasses.field(default_factory=list)  # per row: tokens fed back while decoding
+    released: torch.Tensor | None = None  # [B] bool: the row has generated a target, its value is masked from now on
 
 
 def _subject_index(tokenizer, text: str, subject: str, search_from: int) -> int:

@@ -47,6 +47,8 @@ class LLPStrategy(Router, KeyTraining, ValueTraining, WriteResources, Strategy):
         self._chat_markers: tuple[list[int], list[int]] | None | bool = False
         self._special_ids = torch.tensor(sorted(set(getattr(self.tokenizer, "all_special_ids", []) or [])), dtype=torch.long)
         self._fingerprint: str | None = None
+        self._query_gate = None  # editmem.strategies.gate.QueryGate, built on first use
+        self._gate_stale = True
         try:
             self._injection = PrefixInjection(self.adapter, self.cfg.b)  # the value: b vectors in front at layer z
         except ValueError as exc:
@@ -76,6 +78,7 @@ class LLPStrategy(Router, KeyTraining, ValueTraining, WriteResources, Strategy):
 
     def _invalidate(self) -> None:
         self._matrices = None
+        self._gate_stale = True
 
     def _get_matrices(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         if not self._order:
@@ -97,14 +100,16 @@ class LLPStrategy(Router, KeyTraining, ValueTraining, WriteResources, Strategy):
             return
         groups: dict[tuple[str, tuple[str | None, str | None]], list[StoredFact]] = {}
         for stored in facts:
-            if not stored.fact.subject or stored.fact.subject not in stored.fact.prompt:
-                raise ValueError(f"llp: fact {stored.id}: subject {stored.fact.subject!r} must occur in prompt {stored.fact.prompt!r}")
+            if stored.fact.surface not in stored.fact.prompt:
+                raise ValueError(f"llp: fact {stored.id}: subject {stored.fact.surface!r} does not occur in prompt {stored.fact.prompt!r}")
             # facts of one subject share an entry only within one validity window (an entry fires or not as a whole)
             groups.setdefault((stored.fact.subject.strip().casefold(), _window(stored)), []).append(stored)
         jobs: list[tuple[str, str, list[_FactRec], int, torch.Tensor | None]] = []  # (entry id, subject, facts, seed, kept key)
         applied = self.applied_ids()
         for (skey, window), group in groups.items():
-            new = [_FactRec(s.id, s.fact.prompt, s.fact.target, *window) for s in group if s.id not in applied]
+            new = [_FactRec(s.id, s.fact.prompt, s.fact.target, *window, surface=s.fact.subject_in_prompt,
+                            aliases=list(s.fact.aliases))
+                   for s in group if s.id not in applied]
             if not new:
                 continue
             existing = next((e for e in self._entries.values() if e.subject.strip().casefold() == skey
