@@ -55,7 +55,9 @@ def run_demo(session, *, feed: Path | None = None, max_new_tokens: int = 24, con
                 counts["before"] += contains_answer(b.text, fact.target)
             table.add_row(prompts[offset + i], fact.target, b.text, a.text, "yes" if ok else "no", _source(a))
         console.print(table)
-    table = Table("unrelated probe", "before", "after", "unchanged", "answer came from", title="Unrelated probes", show_lines=True)
+    # the feed's locality prompts are mostly other questions about the edited subject ("What is Nike's slogan?")
+    table = Table("other question", "before", "after", "unchanged", "answer came from",
+                  title="Other questions (about the edited subject, or unrelated)", show_lines=True)
     for i in range(n):
         b, a = before[2 * n + i], after[2 * n + i]
         same = b.text == a.text
@@ -64,6 +66,6 @@ def run_demo(session, *, feed: Path | None = None, max_new_tokens: int = 24, con
     console.print(table)
     console.print(
         f"[bold]target in answer:[/bold] before {counts['before']}/{n}, after {counts['edited']}/{n}; "
-        f"paraphrases {counts['paraphrase']}/{n}; unrelated probes unchanged {counts['unchanged']}/{n}"
+        f"paraphrases {counts['paraphrase']}/{n}; other questions unchanged {counts['unchanged']}/{n}"
     )
     return counts

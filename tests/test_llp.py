@@ -25,7 +25,8 @@ FACT_A2 = Fact(subject="Watts Humphrey", prompt="In which year was Watts Humphre
 UNRELATED = "The capital city of France is famous for the Eiffel tower and"
 
 TINY = dict(retrieval_layers=[0, 1], injection_layer=2, value_steps=8, value_lr=0.05, value_weight_decay=0.0, key_lr=0.005, t_layer=0.7,
-            t_vote=2, n_prefixes=2, prefix_tokens=4, prefix_bank=3, generic_samples=4, generic_tokens=6)
+            t_vote=2, n_prefixes=2, prefix_tokens=4, prefix_bank=3, generic_samples=4, generic_tokens=6,
+            query_gate="off")  # the key vote alone (the paper's mechanism); the query gate: tests/test_llp_gate.py
 
 
 def stored(fact: Fact) -> StoredFact:

@@ -111,10 +111,25 @@ class Router:
             self._state = state = _ForwardState(attn2d=attn2d, q_len=q_len, prefill=True)
             if not self._dry_run and self._order:
                 state.query_mask = self._query_mask(input_ids, attn2d, q_len)
+                state.input_ids = input_ids
         else:
             state.attn2d, state.q_len, state.prefill, state.injecting_now = attn2d, q_len, False, False
             state.layer_kwargs = None
+            if input_ids is not None and state.targets and state.released is not None:
+                self._track_release(state, input_ids)
         return None
+
+    def _track_release(self, state: _ForwardState, input_ids: torch.Tensor) -> None:
+        """Record the tokens fed back on a decode step; a row that has generated one of its targets and the token
+        after it is released (its value masked from this step on, ``release_after_target``)."""
+        for row, ids in enumerate(input_ids.tolist()):
+            if row >= len(state.targets) or not state.targets[row] or bool(state.released[row]):
+                continue
+            state.generated[row].extend(ids)
+            done = state.generated[row][:-1]  # the step fed the target's last token still sees the value: it was
+            # trained to end the answer there (value_chat_end_turn); the token after it is the first one released
+            if any(len(t) <= len(done) and done[-len(t):] == t for t in state.targets[row]):
+                state.released[row] = True
 
     def _make_retrieval_hook(self, layer: int):
         index = self.cfg.retrieval_layers.index(layer)
@@ -169,6 +184,7 @@ class Router:
                 order += 1
         decisions: list[int | None] = []
         traces: list[EditTrace] = []
+        gate = self._gate()
         for row in range(batch):
             count = int(votes[row].max()) if n else 0
             winner = None
@@ -178,9 +194,19 @@ class Router:
                     winner = int(cands[vote_score[row, cands].argmax()])
                 else:
                     winner = int(cands[first_vote[row, cands].argmin()])
+            gate_details = None
+            if gate is not None:
+                winner, gate_details = self._gate_decision(gate, row, votes[row], vote_score[row], dead)
             decisions.append(winner)
-            traces.append(self._trace(row, winner, votes[row], per_layer))
+            trace = self._trace(row, winner, votes[row], per_layer)
+            if gate_details is not None:
+                trace.details["gate"] = gate_details
+            traces.append(trace)
         state.hit_entries = decisions
+        if cfg.release_after_target:
+            state.targets = [self._target_ids(d) for d in decisions]
+            state.generated = [[] for _ in decisions]
+            state.released = torch.zeros(batch, dtype=torch.bool)
         hit = torch.tensor([d is not None for d in decisions], dtype=torch.bool)
         state.hit = hit.to(self.device)
         if bool(hit.any()):
@@ -191,6 +217,71 @@ class Router:
                     rows[row] = values[d]
             state.values = rows
         self.current_call().traces = traces
+
+    # ------------------------------------------------------------------ query gate, release
+    def _gate(self):
+        """The query gate (None when ``query_gate`` is off), its items in step with the entries."""
+        if self.cfg.query_gate != "relation":
+            return None
+        from editmem.strategies.gate import GateItem, QueryGate, names_of
+
+        conf = self.config
+        if self._query_gate is None:
+            self._query_gate = QueryGate(conf.gate_relation_threshold, conf.gate_name_threshold, conf.gate_name_route)
+        gate = self._query_gate
+        gate.relation_threshold, gate.name_threshold, gate.name_route, gate.similar_names = (
+            conf.gate_relation_threshold, conf.gate_name_threshold, conf.gate_name_route, conf.gate_similar_names)
+        if self._gate_stale:
+            items = []
+            for eid in self._order:
+                entry = self._entries[eid]
+                surfaces = [f.surface for f in entry.facts if f.surface]
+                aliases = [a for f in entry.facts for a in f.aliases]
+                items.append(GateItem(eid, entry.subject, names_of(entry.subject, surfaces, aliases),
+                                      tuple(f.prompt for f in entry.facts)))
+            gate.set_items(items)
+            self._gate_stale = False
+        return gate
+
+    def _query_text(self, row: int) -> str:
+        """The text retrieval looked at in ``row`` (the user turn of the prompt), decoded."""
+        state = self._state
+        if state.input_ids is None or state.query_mask is None:
+            return ""
+        row_ids = state.input_ids[row].tolist()
+        keep = state.query_mask[row].nonzero().squeeze(1).tolist()
+        if not keep:
+            return ""
+        first = keep[0] - 1  # retrieval skips a row's first real token (the attention sink); the text keeps it
+        real = state.attn2d[row, -len(row_ids):] if state.attn2d is not None else None
+        if first >= 0 and (real is None or bool(real[first])) and row_ids[first] not in set(self._special_ids.tolist()):
+            keep = [first, *keep]
+        return self.tokenizer.decode([row_ids[i] for i in keep], skip_special_tokens=True).strip()
+
+    def _gate_decision(self, gate, row: int, votes: torch.Tensor, score: torch.Tensor,
+                       dead: torch.Tensor | None) -> tuple[int | None, dict[str, Any]]:
+        """The gate's winner for ``row``: entries the key voted for (``t_vote`` or more) are proposed, best first."""
+        proposed = [int(i) for i in (votes >= self.cfg.t_vote).nonzero().squeeze(1).tolist()]
+        proposed.sort(key=lambda i: (-int(votes[i]), -float(score[i])))
+        decision = gate.decide(self._query_text(row), proposed)
+        winner = decision.winner
+        if winner is not None and dead is not None and bool(dead[winner]):
+            winner = None  # the name route proposed a fact not in force at the call's as_of
+        details = decision.details(gate.relation_threshold)
+        details["key_proposed"] = [self._order[i] for i in proposed]
+        return winner, details
+
+    def _target_ids(self, entry: int | None) -> list[list[int]]:
+        """Token ids of the targets of entry ``entry`` as they follow a prompt (with and without a leading space)."""
+        if entry is None:
+            return []
+        out = []
+        for fact in self._entries[self._order[entry]].facts:
+            for text in (f" {fact.target}", fact.target):
+                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                if ids and ids not in out:
+                    out.append(ids)
+        return out
 
     def _out_of_force(self, exclude: frozenset[str]) -> torch.Tensor | None:
         """``[N]`` mask of the entries all of whose facts are in ``exclude`` (None when none is)."""
@@ -236,8 +327,11 @@ class Router:
                 return None
             hidden, named = self.adapter.layer_arguments(module, args, kwargs)
             if layer == z or state.layer_kwargs is None:
+                hit = state.hit
+                if not state.prefill and state.released is not None and bool(state.released.any()):
+                    hit = hit & ~state.released.to(hit.device)  # released rows no longer see the value
                 state.layer_kwargs = self._injection.layer_kwargs(named, state.attn2d.to(hidden.device), state.q_len,
-                                                               state.hit, state.prefill, hidden)
+                                                               hit, state.prefill, hidden)
                 if layer == z and state.prefill:
                     state.injecting_now = True
                     hidden = self._injection.prepend(hidden, state.values)
