@@ -82,3 +82,13 @@ def test_duplicate_ids_are_rejected(tmp_path):
     path.write_text(line + "\n" + line + "\n")
     with pytest.raises(ValueError, match="duplicate id"):
         load_realistic(path)
+
+
+def test_realistic_with_declared_aliases():
+    """``realistic+aliases`` edits the same records with each fact's aliases declared; the plain name does not."""
+    from editmem.eval.datasets import load_records
+
+    declared, plain = load_records("realistic+aliases", 5), load_records("realistic", 5)
+    assert [r.fact.id for r in declared] == [r.fact.id for r in plain]
+    assert all(r.fact.aliases for r in declared) and not any(r.fact.aliases for r in plain)
+    assert all(any(a in p for a in r.fact.aliases) for r in declared for p in r.alias_rephrases)

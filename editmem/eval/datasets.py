@@ -102,6 +102,11 @@ def data_dir() -> Path:
     return (repo_root() / ".." / "shared" / "data").resolve()
 
 
+#: the realistic benchmark with each fact's aliases declared in the fact (a feed that knows its subjects' other
+#: names, e.g. from Wikidata); the plain name edits with subject, prompt and target only
+REALISTIC_WITH_ALIASES = "realistic+aliases"
+
+
 def resolve_dataset(name_or_path: str | Path) -> Path:
     """Map a dataset name to its file in :func:`data_dir`, or return an existing path unchanged.
 
@@ -109,7 +114,7 @@ def resolve_dataset(name_or_path: str | Path) -> Path:
     """
     text = str(name_or_path)
     key = text.lower()
-    if key == "realistic":
+    if key in ("realistic", REALISTIC_WITH_ALIASES):
         return REALISTIC_FILE
     if key in DATASET_FILES:
         path = data_dir() / DATASET_FILES[key]
@@ -217,7 +222,8 @@ def _with_template_probes(record: EvalRecord, k: int = DEFAULT_K) -> EvalRecord:
     })
 
 
-def _realistic_record(label: str, raw: Any, index: int, provenance: dict[str, Any]) -> EvalRecord:
+def _realistic_record(label: str, raw: Any, index: int, provenance: dict[str, Any], declare_aliases: bool = False
+                      ) -> EvalRecord:
     try:
         rec = RealisticRecord.model_validate(raw)
     except ValueError as exc:
@@ -225,7 +231,7 @@ def _realistic_record(label: str, raw: Any, index: int, provenance: dict[str, An
     # Paraphrases stay out of fact.rephrases: a user states a fact once, and a strategy that trained on them
     # would see the alias probes before they are scored.
     fact = parse_fact({"subject": rec.subject, "prompt": rec.prompt, "target": rec.target, "relation": rec.relation,
-                       "tags": [rec.subject_kind, rec.id]},
+                       "tags": [rec.subject_kind, rec.id], **({"aliases": list(rec.aliases)} if declare_aliases else {})},
                       record=label, provenance={**provenance, "source_uri": rec.source})
     return EvalRecord(fact=fact, rephrase=rec.paraphrases[0], loc_prompt=rec.unrelated_probe,
                       loc_answer=rec.unrelated_answer, true_target=rec.previous,
@@ -233,9 +239,10 @@ def _realistic_record(label: str, raw: Any, index: int, provenance: dict[str, An
                       probe_source="record", subject_kind=rec.subject_kind, case_id=rec.id, kind="realistic")
 
 
-def _to_record(label: str, raw: Any, kind: DatasetKind, index: int, provenance: dict[str, Any]) -> EvalRecord:
+def _to_record(label: str, raw: Any, kind: DatasetKind, index: int, provenance: dict[str, Any],
+               declare_aliases: bool = False) -> EvalRecord:
     if kind == "realistic":
-        return _realistic_record(label, raw, index, provenance)
+        return _realistic_record(label, raw, index, provenance, declare_aliases)
     return _with_template_probes(_to_record_plain(label, raw, kind, index, provenance))
 
 
@@ -284,4 +291,5 @@ def load_records(name_or_path: str | Path, n: int | None = None) -> list[EvalRec
     kind = detect_kind(raw_items[0][1])
     provenance = {"source": "eval", "feed": path.name}
     selected = raw_items if n is None else raw_items[:n]
-    return [_to_record(label, raw, kind, index, provenance) for index, (label, raw) in enumerate(selected)]
+    declare = str(name_or_path).lower() == REALISTIC_WITH_ALIASES
+    return [_to_record(label, raw, kind, index, provenance, declare) for index, (label, raw) in enumerate(selected)]

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from editmem.eval.datasets import EvalRecord, data_dir, file_sha256, load_records, resolve_dataset
+from editmem.eval.datasets import REALISTIC_WITH_ALIASES, EvalRecord, data_dir, file_sha256, load_records, resolve_dataset
 from editmem.eval.measure import (
     Measurement,
     compare_to_pre,
@@ -204,7 +204,7 @@ def run_eval(
     _seed_everything(seed)
 
     path = resolve_dataset(dataset)
-    records = load_records(path, n)
+    records = load_records(dataset if str(dataset).lower() == REALISTIC_WITH_ALIASES else path, n)
     kind = records[0].kind
     notes: list[str] = []
     if len(records) < n:
