@@ -399,3 +399,61 @@ def test_telemetry_and_chat_span(llama, tokenizer, pool, tmp_path):
     ids = ids_of(tokenizer, text)
     mask = s._vote_mask(ids, torch.ones_like(ids), ids.shape[1])[0]
     assert tokenizer.decode(ids[0][mask]).strip() == "Toyota was founded in"
+
+
+# -- the chat-templated edit row ---------------------------------------------------------------------------
+def _chat_head(tokenizer, prompt: str) -> torch.Tensor:
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    return torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+
+
+def test_chat_row_is_scored_on_the_span_routed_at_inference(llama, tokenizer, pool, tmp_path):
+    from editmem.strategies.wise.training import build_batch
+    from editmem.tokens import encode_chat_answer
+
+    assert WISEConfig().chat_context is True and WISEConfig(preset="paper").chat_context is False
+    s = make(llama, tokenizer, pool, tmp_path)
+    f = FS[1]
+    batch = build_batch(tokenizer, ["{}", "Q: {}"], f.fact.prompt, f.fact.target, [UNRELATED], 30, chat=True,
+                        markers=s._chat_markers())
+    r = batch.chat_row
+    assert r == 2 and batch.ids.shape[0] == 3
+    enc = encode_chat_answer(tokenizer, f.fact.prompt, f.fact.target, end_turn=True)
+    labels = batch.label_ids[batch.label_rows == r].tolist()
+    assert labels == enc.target_ids  # the answer right after the assistant header, then the end of the turn
+    assert tokenizer.decode(labels[:-1]).strip() == f.fact.target and labels[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    # the edit-time score of the chat row averages over exactly the tokens the router scores on the chat request
+    head = _chat_head(tokenizer, f.fact.prompt)
+    vote = s._vote_mask(head, torch.ones_like(head), head.shape[1])[0]
+    assert torch.equal(batch.score_mask[r, : head.shape[1]], vote) and not bool(batch.score_mask[r, head.shape[1]:].any())
+    assert tokenizer.decode(head[0][vote]).strip() == f.fact.prompt
+    # raw rows are scored on every real token, as a raw input is at inference
+    assert torch.equal(batch.score_mask[:r], batch.attn[:r].bool())
+    # routing_span="all" (no markers): the chat request's whole prompt, never the answer
+    whole = build_batch(tokenizer, ["{}"], f.fact.prompt, f.fact.target, [UNRELATED], 30, chat=True, markers=None)
+    assert whole.score_mask[1].nonzero().flatten().tolist() == list(range(head.shape[1]))
+    raw = build_batch(tokenizer, ["{}"], f.fact.prompt, f.fact.target, [UNRELATED], 30, chat=False)
+    assert raw.chat_row is None and raw.ids.shape[0] == 1
+
+
+def test_chat_row_makes_the_chat_answer_the_target(llama, tokenizer, pool, tmp_path):
+    """Trained on raw rows only, the side memory barely moves the chat-templated answer; with the chat row it fires
+    on the chat request (routed on the user turn) and the answer after the assistant header becomes the target."""
+    from editmem.tokens import encode_chat_answer
+
+    f = FS[1]
+    enc = encode_chat_answer(tokenizer, f.fact.prompt, f.fact.target, end_turn=False)
+    ids = torch.tensor([enc.input_ids])
+    target = torch.tensor(enc.target_ids)
+    nll, fired = {}, {}
+    for chat in (False, True):
+        s = make(llama, tokenizer, pool, tmp_path, f"chat{chat}", chat_context=chat, n_iter=20)
+        s.apply([f])
+        s.attach()
+        with s.forward_call() as call, torch.no_grad():
+            logits = s.model(input_ids=ids).logits[0, enc.start - 1 : -1]
+        nll[chat] = float(torch.nn.functional.cross_entropy(logits, target))
+        fired[chat] = call.traces[0].fired
+        s.detach()
+    assert fired[True]  # without the chat row the chat request falls below ε on this model (fired[False] is False)
+    assert nll[True] < nll[False] - 2.0

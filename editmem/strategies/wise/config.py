@@ -20,10 +20,10 @@ FORGETS = ("shard", "replay")
 _PRESET_VALUES: dict[str, dict[str, Any]] = {
     # The reference's 7B recipe (hparams/WISE/llama-7b.yaml; spec §9).
     "paper": {"act_margin": [5.0, 20.0, 10.0], "act_ratio": 0.88, "save_freq": 500, "merge_freq": 1000, "n_iter": 70,
-              "n_templates": 11, "template_sampling": "greedy", "n_irrelevant": 1},
+              "n_templates": 11, "template_sampling": "greedy", "n_irrelevant": 1, "chat_context": False},
     # SmolLM2-135M-Instruct (spec §10, Appendix A; docs/strategies/wise.md).
     "default": {"act_margin": [10.0, 20.0, 10.0], "act_ratio": 0.8, "save_freq": 100, "merge_freq": 200, "n_iter": 40,
-                "n_templates": 6, "template_sampling": "top_k", "n_irrelevant": 8},
+                "n_templates": 6, "template_sampling": "top_k", "n_irrelevant": 8, "chat_context": True},
 }
 
 
@@ -78,6 +78,18 @@ class WISEConfig(StrategyConfig):
             distance is all the loss uses), so extra rows cost little. Default preset 8: with one NQ row per edit
             the router learned "NQ question or not": after 10 ZsRE edits 60 % of *unedited* ZsRE questions were
             routed to the side memory; with 8 rows 2.5-5 %, locality prompts 0 % (docs/strategies/wise.md).
+        chat_context: also train on the chat-templated exchange (the prompt as the user turn, the target as the
+            assistant's answer right after the assistant header; :func:`~editmem.tokens.encode_chat_answer`, the row
+            llp trains its values on). Its routing score averages over the user turn's content, the span a chat request
+            is routed on at prefill (with ``routing_span="all"``: every real token). Default preset on: trained on raw
+            ``prompt + " " + target`` rows only, greedy chat answers restated the question and contained the target
+            in 1 of 10 ZsRE edits; paper preset off (the reference trains raw rows; its ``use_chat_template`` wraps
+            every row instead). No effect for a tokenizer without a chat template.
+        chat_end_turn: the chat row also supervises the template's end-of-turn token after the target (as llp's
+            ``value_chat_end_turn``), so the greedy answer stops after the target.
+        chat_weight: weight of the chat row in ``L_ft`` (the raw rows weigh 1 each). Default 6, as much as the
+            default preset's 6 raw rows together: at weight 1 the chat row ended its edit at 1.3-3.1 nats per token
+            (the raw rows 0.4-1.3) and greedy chat answers still restated the question.
         routing: ``"sticky"`` (decided at prefill, kept through cached decoding) or ``"per_call"`` (the reference:
             every forward call, i.e. every decoded token, is routed on its own).
         routing_span: ``"user"`` scores only the last user turn when the input is chat-templated (a fixed system
@@ -118,6 +130,9 @@ class WISEConfig(StrategyConfig):
     irrelevant_pool: str = dataclasses.field(default="auto", metadata={"help": "auto | zsre | corpus | sampled | PATH"})
     irrelevant_max_tokens: int = 30
     n_irrelevant: int | None = dataclasses.field(default=None, metadata={"help": "irrelevant rows per edit (reference 1)"})
+    chat_context: bool | None = dataclasses.field(default=None, metadata={"help": "also train the chat-templated answer"})
+    chat_end_turn: bool = dataclasses.field(default=True, metadata={"help": "chat row: supervise the end-of-turn token"})
+    chat_weight: float = dataclasses.field(default=6.0, metadata={"help": "weight of the chat row in L_ft"})
     routing: str = dataclasses.field(default="sticky", metadata={"help": "sticky | per_call"})
     routing_span: str = dataclasses.field(default="user", metadata={"help": "user | all"})
     long_input_len: int = 100
@@ -154,6 +169,8 @@ class WISEConfig(StrategyConfig):
             raise ValueError("WISEConfig: edit_lr and norm_constraint must be > 0, weight_decay >= 0")
         if self.n_iter < 1 or not 1 <= self.n_templates <= 11:  # type: ignore[operator]
             raise ValueError(f"WISEConfig: n_iter >= 1 and n_templates in 1..11, got {self.n_iter} / {self.n_templates}")
+        if self.chat_weight <= 0:
+            raise ValueError(f"WISEConfig.chat_weight must be > 0, got {self.chat_weight}")
         if self.irrelevant_max_tokens < 2 or self.long_input_len < 1 or self.n_irrelevant < 1:
             raise ValueError("WISEConfig: irrelevant_max_tokens >= 2, long_input_len >= 1 and n_irrelevant >= 1")
 

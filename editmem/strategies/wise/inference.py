@@ -19,7 +19,7 @@ from editmem.adapters import compat
 from editmem.interventions import hidden_of, read_layers
 from editmem.strategies.base import EditTrace
 from editmem.strategies.wise.memory import Candidate
-from editmem.strategies.wise.routing import choose, reduce_rows, token_distance
+from editmem.strategies.wise.routing import chat_markers, choose, reduce_rows, token_distance, user_span
 
 
 @dataclasses.dataclass
@@ -30,14 +30,6 @@ class _Route:
     prefill: bool = True
     choices: list[int | None] | None = None  # per row: index into candidates, None = main memory
     candidates: list[Candidate] | None = None
-
-
-def _find_last(seq: list[int], pattern: list[int]) -> int:
-    n = len(pattern)
-    for i in range(len(seq) - n, -1, -1):
-        if seq[i : i + n] == pattern:
-            return i
-    return -1
 
 
 class Router:
@@ -62,38 +54,22 @@ class Router:
     def _chat_markers(self) -> tuple[list[int], list[int]] | None:
         """Token ids that open and close the user turn in the chat template (None without one)."""
         if self._markers is False:
-            self._markers = None
-            tok = self.tokenizer
-            if getattr(tok, "chat_template", None):
-                try:
-                    text = tok.apply_chat_template([{"role": "user", "content": "alpha"}], tokenize=False, add_generation_prompt=True)
-                    pre, post = text.split("alpha", 1)
-                    head = tok(pre, add_special_tokens=False)["input_ids"]
-                    tail = tok(post, add_special_tokens=False)["input_ids"]
-                    if head and tail:
-                        self._markers = (head[-3:], tail[:1])
-                except Exception:  # noqa: BLE001  (a template that cannot render a plain user turn: score every token)
-                    self._markers = None
+            self._markers = chat_markers(self.tokenizer)
         return self._markers  # type: ignore[return-value]
 
     def _vote_mask(self, input_ids: torch.Tensor | None, attn2d: torch.Tensor, q_len: int) -> torch.Tensor:
         """Positions of the current tokens that are scored: real tokens; only the last user turn's content when the
-        input is chat-templated and ``routing_span == "user"``."""
+        input is chat-templated and ``routing_span == "user"`` (:func:`~editmem.strategies.wise.routing.user_span`,
+        the span the chat-templated edit row is scored on)."""
         mask = attn2d[:, -q_len:].bool().clone()
         markers = self._chat_markers() if self.config.routing_span == "user" and input_ids is not None else None
         if markers is None:
             return mask
-        head, tail = markers
         for row in range(mask.shape[0]):
-            ids = input_ids[row].tolist()
-            start = _find_last(ids, head)
-            if start < 0:
-                continue
-            begin = start + len(head)
-            end = next((i for i in range(begin, len(ids)) if ids[i] == tail[0]), len(ids))
-            if end > begin:
+            span = user_span(input_ids[row].tolist(), markers)
+            if span is not None:
                 keep = torch.zeros_like(mask[row])
-                keep[begin:end] = True
+                keep[span[0]:span[1]] = True
                 mask[row] &= keep
         return mask
 

@@ -34,6 +34,39 @@ def reduce_rows(d: torch.Tensor, mask: torch.Tensor, *, long_len: int | None = N
     return torch.where(n > long_len, peak, mean)
 
 
+def chat_markers(tokenizer) -> tuple[list[int], list[int]] | None:
+    """Token ids that open (the last three of the generation prompt before the user's text) and close (the first
+    after it) the user turn in the tokenizer's chat template; None without a template or when it cannot render a
+    plain user turn (then every real token is scored)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "alpha"}], tokenize=False, add_generation_prompt=True)
+        pre, post = text.split("alpha", 1)
+        head = tokenizer(pre, add_special_tokens=False)["input_ids"]
+        tail = tokenizer(post, add_special_tokens=False)["input_ids"]
+    except Exception:  # noqa: BLE001
+        return None
+    return (list(head[-3:]), list(tail[:1])) if head and tail else None
+
+
+def user_span(ids: Sequence[int], markers: tuple[list[int], list[int]] | None) -> tuple[int, int] | None:
+    """``[begin, end)`` of the last user turn's content in ``ids`` (None: not chat-templated, score every token).
+    The one definition of the scored span, used for the chat-templated edit row and for chat requests at inference,
+    so the threshold recorded at edit time and the score at inference reduce over the same tokens (pitfall 1)."""
+    if markers is None:
+        return None
+    head, tail = markers
+    ids = list(ids)
+    n = len(head)
+    start = next((i for i in range(len(ids) - n, -1, -1) if ids[i : i + n] == head), -1)
+    if start < 0:
+        return None
+    begin = start + n
+    end = next((i for i in range(begin, len(ids)) if ids[i] == tail[0]), len(ids))
+    return (begin, end) if end > begin else None
+
+
 def hinge_mean(v: torch.Tensor) -> torch.Tensor:
     """Mean of the strictly positive entries of ``v`` (0 when there are none): the reference's margin reduction,
     which does not shrink as more rows satisfy their margin."""

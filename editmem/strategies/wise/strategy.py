@@ -109,8 +109,10 @@ class WISEStrategy(Router, Strategy):
     def _train_into(self, shard, rec: FactRecord) -> dict[str, Any]:
         mem = self.memory_state
         start = shard.weight if shard.weight is not None else self.W0
+        cfg: WISEConfig = self.config  # type: ignore[assignment]
         batch = build_batch(self.tokenizer, self._templates(), rec.prompt, rec.target, rec.irrelevant,
-                            self.config.irrelevant_max_tokens)  # type: ignore[attr-defined]
+                            cfg.irrelevant_max_tokens, chat=bool(cfg.chat_context), end_turn=cfg.chat_end_turn,
+                            markers=self._chat_markers() if cfg.routing_span == "user" else None)
         with self._base_model():
             W, stats = self._trainer().train(start, self.W0, mem.mask(shard.serial), batch)
         shard.weight = W

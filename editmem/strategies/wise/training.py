@@ -19,30 +19,47 @@ import torch
 import torch.nn.functional as F
 
 from editmem.interventions import capture, read_layers
-from editmem.strategies.wise.routing import margin_loss, reduce_rows, token_distance
-from editmem.tokens import encode_prompt_target, pad_batch
+from editmem.strategies.wise.routing import margin_loss, reduce_rows, token_distance, user_span
+from editmem.tokens import encode_chat_answer, encode_prompt_target, pad_batch
 
 
 @dataclasses.dataclass
 class EditBatch:
-    """The rows of one edit: templated ``prompt + " " + target`` rows (right-padded) and the irrelevant row."""
+    """The rows of one edit: templated ``prompt + " " + target`` rows, optionally the chat-templated answer (all
+    right-padded), and the irrelevant rows."""
 
     ids: torch.Tensor  # [R, T]
     attn: torch.Tensor  # [R, T]
+    score_mask: torch.Tensor  # [R, T] bool: the tokens each row's routing score averages over
     label_rows: torch.Tensor  # [P] row of each predicted target token
     label_pos: torch.Tensor  # [P] position whose logits predict it
     label_ids: torch.Tensor  # [P]
     n_targets: torch.Tensor  # [R] target tokens per row
     irr_ids: torch.Tensor  # [n, Ti] irrelevant rows (right-padded)
     irr_attn: torch.Tensor  # [n, Ti]
+    chat_row: int | None = None  # index of the chat-templated row, if any
 
 
-def build_batch(tokenizer, templates: list[str], prompt: str, target: str, irrelevant: list[str], max_irrelevant: int) -> EditBatch:
+def build_batch(tokenizer, templates: list[str], prompt: str, target: str, irrelevant: list[str], max_irrelevant: int,
+                *, chat: bool = False, end_turn: bool = True, markers: tuple[list[int], list[int]] | None = None) -> EditBatch:
     """Rows ``template.format(prompt) + " " + target`` for each template (prompt/target boundary from
-    :func:`~editmem.tokens.encode_prompt_target`, per row, so no padding arithmetic is involved: pitfall 8)."""
+    :func:`~editmem.tokens.encode_prompt_target`, per row, so no padding arithmetic is involved: pitfall 8).
+
+    With ``chat`` (and a tokenizer with a chat template) one more row: ``prompt`` as the user turn of the chat template
+    and ``target`` as the assistant's answer (:func:`~editmem.tokens.encode_chat_answer`, with ``end_turn`` the
+    template's end-of-turn token after it), so that a greedy chat answer starts with the target and stops after it.
+    Its routing score averages over the user turn's content only (``markers``:
+    :func:`~editmem.strategies.wise.routing.chat_markers`; ``None``, as with ``routing_span="all"``: the whole
+    generation prompt, answer excluded): the tokens a chat request is routed on at prefill. The raw rows score every
+    real token, as a raw (teacher-forced) input is scored at inference.
+    """
+    encs = [encode_prompt_target(tokenizer, template.format(prompt), target) for template in templates]
+    chat_row = None
+    if chat and getattr(tokenizer, "chat_template", None):
+        chat_row = len(encs)
+        encs.append(encode_chat_answer(tokenizer, prompt, target, end_turn=end_turn))
     seqs, rows, pos, lab, counts = [], [], [], [], []
-    for r, template in enumerate(templates):
-        enc = encode_prompt_target(tokenizer, template.format(prompt), target)
+    for r, enc in enumerate(encs):
         seqs.append(enc.input_ids)
         for t in range(enc.start, len(enc.input_ids)):
             rows.append(r)
@@ -51,9 +68,15 @@ def build_batch(tokenizer, templates: list[str], prompt: str, target: str, irrel
         counts.append(len(enc.input_ids) - enc.start)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids, attn = pad_batch(seqs, pad, side="right")
+    score_mask = attn.bool().clone()
+    if chat_row is not None:  # what a chat request is scored on at prefill: its user turn, else its whole prompt
+        head = encs[chat_row].start
+        span = user_span(encs[chat_row].input_ids[:head], markers) or (0, head)
+        score_mask[chat_row] = False
+        score_mask[chat_row, span[0]:span[1]] = True
     irr_ids, irr_attn = pad_batch([tokenizer(t)["input_ids"][:max_irrelevant] for t in irrelevant], pad, side="right")
-    return EditBatch(ids, attn, torch.tensor(rows), torch.tensor(pos), torch.tensor(lab), torch.tensor(counts, dtype=torch.float32),
-                     irr_ids, irr_attn)
+    return EditBatch(ids, attn, score_mask, torch.tensor(rows), torch.tensor(pos), torch.tensor(lab),
+                     torch.tensor(counts, dtype=torch.float32), irr_ids, irr_attn, chat_row)
 
 
 @dataclasses.dataclass
@@ -94,7 +117,8 @@ class EditTrainer:
         return F.linear(a, W, self.bias)
 
     def upper_loss(self, bottom: Bottom, batch: EditBatch, o_side: torch.Tensor) -> torch.Tensor:
-        """``L_ft``: mean over rows of (target-token NLL summed / number of target tokens), layers above L only."""
+        """``L_ft``: mean over rows of (target-token NLL summed / number of target tokens), layers above L only; the
+        chat row counts ``chat_weight`` times."""
         hidden = bottom.h + (o_side - bottom.o0)
         if bottom.kwargs is not None:
             hidden = self.adapter.run_layers(hidden, bottom.kwargs, start=self.layer + 1)
@@ -103,12 +127,19 @@ class EditTrainer:
         logits = self.adapter.lm_head(self.adapter.final_norm(picked)).float()
         nll = F.cross_entropy(logits, batch.label_ids.to(dev), reduction="none")
         per_row = torch.zeros(len(batch.n_targets), device=dev).index_add(0, batch.label_rows.to(dev), nll)
-        return (per_row / batch.n_targets.to(dev)).mean()
+        per_row = per_row / batch.n_targets.to(dev)
+        self.last_row_nll = per_row.detach()
+        if batch.chat_row is None or self.cfg.chat_weight == 1.0:
+            return per_row.mean()
+        w = torch.ones_like(per_row)
+        w[batch.chat_row] = self.cfg.chat_weight
+        return (per_row * w).sum() / w.sum()
 
     def scores(self, bottom: Bottom, batch: EditBatch, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(o_side, d_in [R], d_out [n])`` with the same reduction the router uses (mean over real tokens)."""
+        """``(o_side, d_in [R], d_out [n])`` with the same reduction the router uses (mean over the scored tokens:
+        every real token of a raw row, the user turn's content of the chat row)."""
         o_side = self.linear(bottom.a, W)
-        mask = batch.attn.to(o_side.device).bool()
+        mask = batch.score_mask.to(o_side.device)
         d_in = reduce_rows(token_distance(o_side, bottom.o0, self.sigma), mask)
         o_irr = self.linear(bottom.a_irr, W)
         d_out = reduce_rows(token_distance(o_irr, bottom.o0_irr, self.sigma), batch.irr_attn.to(o_irr.device).bool())
@@ -147,7 +178,8 @@ class EditTrainer:
         W = W.detach()
         with torch.no_grad():  # the recorded activation: after the last step (spec §4.4, recommended form)
             _, d_in, d_out = self.scores(bottom, batch, W)
-        stats = {"steps": steps, "loss": losses[-1], "loss_first": losses[0], "act": float(d_in.mean()),
+        chat_ft = float(self.last_row_nll[batch.chat_row]) if batch.chat_row is not None else None
+        stats = {"steps": steps, "ft_chat": chat_ft, "loss": losses[-1], "loss_first": losses[0], "act": float(d_in.mean()),
                  "act_min_row": float(d_in.min()), "d_irrelevant": float(d_out.max()), "ft": parts.get("ft"),
                  "bottom_s": t_bottom, "train_s": time.perf_counter() - t0}
         return W, stats
