@@ -65,19 +65,17 @@ def fold(text: str) -> str:
     return "".join(" " if c.isspace() else c for c in out)
 
 
-def _find_word(haystack: str, needle: str) -> int:
-    """Offset of ``needle`` in ``haystack`` as whole words (both already folded), or -1."""
+def _word_pattern(needle: str) -> re.Pattern[str]:
+    """``needle`` as whole words, any run of whitespace between its words."""
+    return re.compile(r"(?<!\w)" + r"\s+".join(re.escape(w) for w in needle.split()) + r"(?!\w)")
+
+
+def _find_words(haystack: str, needle: str) -> tuple[int, int] | None:
+    """``(start, end)`` of ``needle`` in ``haystack`` as whole words (both already folded), or None."""
     if not needle.strip():
-        return -1
-    pattern = re.compile(r"(?<!\w)" + r"\s+".join(re.escape(w) for w in needle.split()) + r"(?!\w)")
-    match = pattern.search(haystack)
-    return match.start() if match else -1
-
-
-def _span_end(haystack: str, start: int, needle: str) -> int:
-    pattern = re.compile(r"\s+".join(re.escape(w) for w in needle.split()))
-    match = pattern.match(haystack, start)
-    return match.end() if match else start + len(needle)
+        return None
+    match = _word_pattern(needle).search(haystack)
+    return match.span() if match else None
 
 
 def acronym(subject: str) -> str | None:
@@ -113,9 +111,9 @@ def locate_subject(text: str, subject: str, aliases: Sequence[str] = ()) -> Subj
     for name, method in [(subject, "casefold"), *((a, "alias") for a in sorted(aliases, key=len, reverse=True))]:
         exact = is_acronym(name)
         needle = name.strip() if exact else fold(name).strip()
-        at = _find_word(text if exact else folded, needle)
-        if at >= 0:
-            end = _span_end(folded, at, needle)
+        span = _find_words(text if exact else folded, needle)
+        if span is not None:
+            at, end = span
             return SubjectSpan(at, end, text[at:end], method)  # type: ignore[arg-type]
     short = acronym(subject)
     if short:
@@ -134,9 +132,9 @@ def _partial(text: str, folded: str, subject: str) -> SubjectSpan | None:
             content = [w for w in run if w not in STOP_WORDS and len(w) >= 3]
             if not content:
                 continue
-            at = _find_word(folded, " ".join(run))
-            if at >= 0:
-                end = _span_end(folded, at, " ".join(run))
+            span = _find_words(folded, " ".join(run))
+            if span is not None:
+                at, end = span
                 if best is None or end - at > best[2] - best[1]:
                     best = (n, at, end)
         if best is not None:
@@ -190,8 +188,7 @@ def mask_names(text: str, names: Iterable[str], placeholder: str = "X") -> tuple
     for name in sorted({n for n in names if n and n.strip()}, key=len, reverse=True):
         exact = is_acronym(name)  # "US", "WHO": matched as written, so "tell us" and "who" are not names
         needle = name.strip() if exact else fold(name).strip()
-        pattern = re.compile(r"(?<!\w)" + r"\s+".join(re.escape(w) for w in needle.split()) + r"(?!\w)")
-        for m in pattern.finditer(text if exact else folded):
+        for m in _word_pattern(needle).finditer(text if exact else folded):
             if not any(a < m.end() and m.start() < b for a, b in hits):
                 hits.append((m.start(), m.end()))
     if not hits:

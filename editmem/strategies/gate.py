@@ -66,11 +66,12 @@ def names_of(subject: str, surfaces: Sequence[str], aliases: Sequence[str]) -> t
     short = acronym(subject)
     if short:
         out.append(short)
-    seen: dict[str, None] = {}
+    names, folded = [], set()
     for name in out:
-        if name and name.strip() and name.casefold() not in {s.casefold() for s in seen}:
-            seen[name] = None
-    return tuple(seen)
+        if name and name.strip() and name.casefold() not in folded:
+            folded.add(name.casefold())
+            names.append(name)
+    return tuple(names)
 
 
 class QueryGate:
